@@ -1,0 +1,162 @@
+// Package event is the vocabulary every other klptop package speaks: what the
+// kernel did during a livepatch transition, as seen by the probes or read from
+// sysfs/procfs at start. Events are flat so that the trace format (one JSON
+// object per line) and the in-memory form are the same thing.
+package event
+
+import "fmt"
+
+// Type names what happened. The values are written to traces: never rename one,
+// add new ones instead (readers skip types they do not know).
+type Type string
+
+const (
+	// PatchEnable: klp_enable_patch() entry, a livepatch module asks to be enabled.
+	PatchEnable Type = "patch_enable"
+	// TransitionInit: klp_init_transition(patch, state). Target is the state
+	// every task will reach (1 patched, 0 unpatched).
+	TransitionInit Type = "transition_init"
+	// TransitionStart: klp_start_transition(), TIF_PATCH_PENDING set on all tasks.
+	TransitionStart Type = "transition_start"
+	// TransitionComplete: klp_complete_transition(), every task reached the target.
+	TransitionComplete Type = "transition_complete"
+	// TransitionReverse: klp_reverse_transition(), the patch was disabled while its
+	// transition ran; Target is the new target.
+	TransitionReverse Type = "transition_reverse"
+	// TransitionCancel: klp_cancel_transition(), enabling failed before start.
+	TransitionCancel Type = "transition_cancel"
+	// TransitionForce: klp_force_transition(), sysfs force: every task switched.
+	TransitionForce Type = "transition_force"
+	// SweepStart and SweepEnd bracket klp_try_complete_transition(); SweepEnd
+	// carries Duration and Pending (tasks whose check failed in this sweep).
+	SweepStart Type = "sweep_start"
+	SweepEnd   Type = "sweep_end"
+	// TaskCheck: klp_check_and_switch_task() returned for the subject task.
+	// Reason ReasonSwitched means the sweep switched it.
+	TaskCheck Type = "task_check"
+	// TaskSwitch: the subject task reached PatchState by Path (user, idle, fork).
+	// Switches by a sweep are TaskCheck events; by force, TransitionForce.
+	TaskSwitch Type = "task_switch"
+	// PatchSnapshot: one patch as /sys/kernel/livepatch showed it at start, in
+	// stacking order (Seq). Only at the head of a recording.
+	PatchSnapshot Type = "patch"
+	// TaskSnapshot: one task's patch_state at start (BPF task iterator), with its
+	// kernel stack when it is not in the target state.
+	TaskSnapshot Type = "task"
+	// SnapshotEnd marks the end of the start-up snapshot.
+	SnapshotEnd Type = "snapshot_end"
+	// Lost: the kernel dropped Count events (ring buffer full).
+	Lost Type = "lost"
+)
+
+// Reasons a task did not switch, as the kernel's own check reports them.
+const (
+	ReasonSwitched   = "switched"         // returned 0: switched by the sweep
+	ReasonRunning    = "running"          // -EBUSY: running on another CPU
+	ReasonUnreliable = "unreliable_stack" // -EINVAL: stack could not be walked reliably
+	ReasonSleeping   = "sleeping_on_func" // -EADDRINUSE: a to-be-(un)patched function is on its stack
+)
+
+// Paths a task switches by.
+const (
+	PathUser  = "user"  // klp_update_patch_state() on exit to user space
+	PathIdle  = "idle"  // klp_update_patch_state() from the idle loop
+	PathFork  = "fork"  // klp_copy_process(): a new task inherits its parent's state
+	PathSweep = "sweep" // klp_check_and_switch_task() from a sweep
+	PathForce = "force" // klp_force_transition()
+	PathSched = "sched" // __klp_sched_try_switch() / __schedule()
+)
+
+// Patch states, task_struct.patch_state.
+const (
+	StateUnknown   = -2 // klptop could not read it (field missing)
+	StateIdle      = -1 // KLP_UNDEFINED / KLP_TRANSITION_IDLE
+	StateUnpatched = 0
+	StatePatched   = 1
+)
+
+// Errno values klp_check_and_switch_task returns (x86-64 / asm-generic).
+const (
+	errBUSY      = 16
+	errINVAL     = 22
+	errADDRINUSE = 98
+)
+
+// ReasonFor maps klp_check_and_switch_task's return value to a reason.
+func ReasonFor(ret int32) string {
+	switch ret {
+	case 0:
+		return ReasonSwitched
+	case -errBUSY:
+		return ReasonRunning
+	case -errINVAL:
+		return ReasonUnreliable
+	case -errADDRINUSE:
+		return ReasonSleeping
+	}
+	return fmt.Sprintf("errno_%d", -ret)
+}
+
+// Event is one thing the kernel did. Time is CLOCK_MONOTONIC in nanoseconds
+// (bpf_ktime_get_ns); events from the snapshot carry the time it was taken.
+// Fields that do not apply to a Type are left zero and omitted in traces.
+type Event struct {
+	Time uint64 `json:"t"`
+	Type Type   `json:"type"`
+	CPU  int    `json:"cpu,omitempty"`
+
+	// The subject task, where there is one (the task checked, switched, forked).
+	PID  int    `json:"pid,omitempty"`
+	TGID int    `json:"tgid,omitempty"`
+	Comm string `json:"comm,omitempty"`
+
+	// Patch is the livepatch's name (its module name, the sysfs directory).
+	Patch   string `json:"patch,omitempty"`
+	Replace bool   `json:"replace,omitempty"`
+	Enabled bool   `json:"enabled,omitempty"`
+	// InTransition: a PatchSnapshot's sysfs "transition" attribute.
+	InTransition bool `json:"transition,omitempty"`
+	// Seq is a PatchSnapshot's position in the stacking order, 0 = bottom.
+	Seq int `json:"seq,omitempty"`
+	// Target is the transition's target state; pointer-free but explicit.
+	Target int `json:"target"`
+
+	// TaskCheck: the kernel's return value, the reason derived from it, and for
+	// ReasonSleeping the function on the stack that blocks the switch.
+	Ret    int32  `json:"ret,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	Func   string `json:"func,omitempty"`
+
+	// TaskSwitch / TaskSnapshot: the state reached or read, and how.
+	PatchState int    `json:"patch_state"`
+	Path       string `json:"path,omitempty"`
+
+	// SweepEnd.
+	Duration uint64 `json:"duration_ns,omitempty"`
+	Pending  int    `json:"pending,omitempty"`
+	Checked  int    `json:"checked,omitempty"`
+
+	// Lost.
+	Count uint64 `json:"count,omitempty"`
+
+	// Stack is the subject task's kernel stack, symbolized ("func+0x1c/0x40 [mod]"),
+	// innermost first. Sent when it changes, not on every check.
+	Stack []string `json:"stack,omitempty"`
+}
+
+func (e Event) String() string {
+	s := fmt.Sprintf("%d %s", e.Time, e.Type)
+	if e.Patch != "" {
+		s += " patch=" + e.Patch
+	}
+	if e.PID != 0 {
+		s += fmt.Sprintf(" pid=%d comm=%s", e.PID, e.Comm)
+	}
+	if e.Reason != "" {
+		s += " reason=" + e.Reason
+	}
+	if e.Func != "" {
+		s += " func=" + e.Func
+	}
+	return s
+}
