@@ -160,3 +160,14 @@ func (e Event) String() string {
 	}
 	return s
 }
+
+var known = map[Type]bool{
+	PatchEnable: true, TransitionInit: true, TransitionStart: true,
+	TransitionComplete: true, TransitionReverse: true, TransitionCancel: true,
+	TransitionForce: true, SweepStart: true, SweepEnd: true, TaskCheck: true,
+	TaskSwitch: true, PatchSnapshot: true, TaskSnapshot: true, SnapshotEnd: true,
+	Lost: true,
+}
+
+// Known reports whether t is a type this version of klptop understands.
+func Known(t Type) bool { return known[t] }
