@@ -1,0 +1,59 @@
+# klptop: `make test` and `make demo` do all set-up on a fresh Debian machine
+# (as root): Debian packages, Debian's kernels, the kernel's own livepatch
+# modules, a qemu guest. Downloads and builds are cached in $(KLPTOP_CACHE).
+
+GO            ?= go
+KLPTOP_CACHE  ?= /var/cache/klptop
+export KLPTOP_CACHE
+VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS       := -X main.version=$(VERSION)
+# Host packages the build and the tests need; the VM harness adds its own.
+HOST_PKGS     := clang llvm libbpf-dev tmux
+
+.PHONY: all build generate check-generated deps lint unit test bench clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/klptop ./cmd/klptop
+
+# Regenerates the BPF objects and their Go bindings (needs clang).
+generate:
+	$(GO) generate ./internal/probes/...
+
+# The committed BPF objects must be what bpf/ compiles to.
+check-generated: deps
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	cp internal/probes/*_bpfel.* $$tmp/; \
+	$(GO) generate ./internal/probes/... >/dev/null; \
+	for f in $$tmp/*; do \
+		cmp -s $$f internal/probes/$$(basename $$f) || { \
+			echo "stale: internal/probes/$$(basename $$f) differs from what bpf/ compiles to; run 'make generate' and commit"; exit 1; }; \
+	done; echo "BPF objects up to date"
+
+deps: $(KLPTOP_CACHE)/.host-deps
+$(KLPTOP_CACHE)/.host-deps:
+	mkdir -p $(KLPTOP_CACHE)
+	@if ! dpkg -s $(HOST_PKGS) >/dev/null 2>&1; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(HOST_PKGS); fi
+	touch $@
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt: $$out"; exit 1; }
+	$(GO) vet ./...
+	$(GO) vet -tags guest ./...
+
+unit: deps
+	$(GO) test ./...
+
+# Unit tests, then the end-to-end tests against real kernels in qemu guests.
+test: lint check-generated unit vmtest
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf bin
+
+include vm/vm.mk
