@@ -1,0 +1,580 @@
+// Package state folds klptop events into what the kernel's livepatch core
+// holds: the patch stack, the transition in progress and each task's
+// patch_state. The live TUI, replay, report and export all use it, so one
+// trace always yields the same state.
+//
+// Apply accepts any event sequence, including truncated, reordered or
+// corrupt traces: it never panics and keeps its counters consistent.
+package state
+
+import (
+	"cmp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/klptop/klptop/internal/event"
+)
+
+// Outcomes of a transition.
+const (
+	OutcomeRunning   = "running"
+	OutcomeComplete  = "complete"
+	OutcomeReversed  = "reversed" // completed after an odd number of reverses: back where it started
+	OutcomeCancelled = "cancelled"
+	OutcomeForced    = "forced"
+)
+
+// maxHistory bounds History so that a long recording (or a fuzzer) cannot
+// grow it without limit.
+const maxHistory = 256
+
+// State is everything known at time Now.
+type State struct {
+	// Now is the latest event time seen (CLOCK_MONOTONIC ns). It never goes
+	// backwards, even if the trace does.
+	Now uint64
+	// Patches in stacking order, bottom first (the order of klp_patches).
+	Patches []*Patch
+	// Transition is the transition in progress, nil when the kernel is idle.
+	Transition *Transition
+	// History holds finished transitions, oldest first.
+	History []*Transition
+	// Tasks by key: the PID, or for the per-CPU idle tasks (all PID 0), -1-cpu.
+	Tasks map[int]*Task
+	// Lost is the number of events the kernel dropped.
+	Lost uint64
+	// SnapshotDone: the start-up snapshot has been read (SnapshotEnd seen).
+	SnapshotDone bool
+}
+
+// Patch is one livepatch on the stack.
+type Patch struct {
+	Name    string
+	Enabled bool
+	Replace bool
+	// Forced: a forced transition happened while this patch was loaded; the
+	// kernel then refuses to ever unload its module.
+	Forced       bool
+	InTransition bool
+}
+
+// Transition is one klp_init_transition .. klp_complete/cancel_transition.
+// A reverse keeps the same Transition and flips Target.
+type Transition struct {
+	Patch  string
+	Target int // event.StatePatched or event.StateUnpatched
+	// Start is the time of klp_init_transition, or of the snapshot when klptop
+	// attached mid-transition (Attached), in which case it is a lower bound.
+	Start    uint64
+	End      uint64 // 0 while running
+	Outcome  string
+	Attached bool
+	Forced   bool
+	Sweeps   int
+	Reversed int
+	// Total is the number of tasks taking part (patch_state 0 or 1) and
+	// Switched how many of them are at Target.
+	Total    int
+	Switched int
+	// The last klp_try_complete_transition sweep.
+	LastSweep         uint64
+	LastSweepDuration uint64
+	LastSweepPending  int
+}
+
+// Task is one task's livepatch view.
+type Task struct {
+	PID, TGID  int
+	Comm       string
+	PatchState int
+	// PendingSince is when the task last became pending (not at Target).
+	PendingSince uint64
+	// The last failed check: event.Reason* and, for ReasonSleeping, the
+	// function that blocks the switch.
+	Reason, Func string
+	LastCheck    uint64
+	Checks       int // failed checks in the current transition
+	// Stack is the last kernel stack seen, innermost first.
+	Stack []string
+	// SwitchPath is how the task reached its current state (event.Path*).
+	SwitchPath string
+	SwitchedAt uint64
+}
+
+// New returns an empty state: no patches, no tasks, no transition.
+func New() *State {
+	return &State{Tasks: make(map[int]*Task)}
+}
+
+// Elapsed is how long the transition ran, or has been running at now.
+func (t *Transition) Elapsed(now uint64) time.Duration {
+	if t == nil {
+		return 0
+	}
+	end := t.End
+	if end == 0 {
+		end = now
+	}
+	if end <= t.Start {
+		return 0
+	}
+	d := end - t.Start
+	if d > uint64(1<<63-1) {
+		return time.Duration(1<<63 - 1)
+	}
+	return time.Duration(d)
+}
+
+// Patching reports whether the transition applies its patch (target 1)
+// rather than removing it.
+func (t *Transition) Patching() bool { return t != nil && t.Target == event.StatePatched }
+
+// Pending returns the tasks not yet at the transition's target, longest
+// pending first; nil when there is no transition.
+func (s *State) Pending() []*Task {
+	tr := s.Transition
+	if tr == nil {
+		return nil
+	}
+	var out []*Task
+	for _, t := range s.Tasks {
+		if participates(t.PatchState) && t.PatchState != tr.Target {
+			out = append(out, t)
+		}
+	}
+	slices.SortFunc(out, func(a, b *Task) int {
+		if c := cmp.Compare(a.PendingSince, b.PendingSince); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.PID, b.PID)
+	})
+	return out
+}
+
+// Task returns the task with the given key (see State.Tasks), or nil.
+func (s *State) Task(key int) *Task { return s.Tasks[key] }
+
+// Patch returns the named patch, or nil.
+func (s *State) Patch(name string) *Patch {
+	if i := s.patchIndex(name); i >= 0 {
+		return s.Patches[i]
+	}
+	return nil
+}
+
+// Key is the key of e's subject task in State.Tasks.
+func Key(e event.Event) int { return taskKey(e.PID, e.Comm, e.CPU) }
+
+// Key is t's key in State.Tasks.
+func (t *Task) Key() int { return taskKey(t.PID, t.Comm, 0) }
+
+// taskKey gives each per-CPU idle task (PID 0, "swapper/N") its own key:
+// the kernel switches them individually (klp_init_transition walks
+// idle_task(cpu) for every possible CPU).
+func taskKey(pid int, comm string, cpu int) int {
+	if pid != 0 {
+		return pid
+	}
+	if n, ok := strings.CutPrefix(comm, "swapper/"); ok {
+		if c, err := strconv.Atoi(n); err == nil && c >= 0 && c < 1<<20 {
+			return -1 - c
+		}
+	}
+	if cpu < 0 || cpu >= 1<<20 {
+		cpu = 0
+	}
+	return -1 - cpu
+}
+
+func participates(ps int) bool {
+	return ps == event.StateUnpatched || ps == event.StatePatched
+}
+
+func validState(ps int) bool { return ps >= event.StateUnknown && ps <= event.StatePatched }
+
+// target turns an event's target into 0 or 1: the kernel knows no other.
+func target(t int) int {
+	if t == event.StateUnpatched {
+		return event.StateUnpatched
+	}
+	return event.StatePatched
+}
+
+// Apply folds one event into the state.
+func (s *State) Apply(e event.Event) {
+	if s.Tasks == nil {
+		s.Tasks = make(map[int]*Task)
+	}
+	if e.Time > s.Now {
+		s.Now = e.Time
+	}
+	switch e.Type {
+	case event.PatchSnapshot:
+		s.patchSnapshot(e)
+	case event.TaskSnapshot:
+		s.taskSnapshot(e)
+	case event.SnapshotEnd:
+		s.snapshotEnd(e)
+	case event.PatchEnable:
+		p := s.ensurePatch(e.Patch)
+		p.Replace = p.Replace || e.Replace
+	case event.TransitionInit:
+		s.transitionInit(e)
+	case event.TransitionStart:
+		// klp_start_transition only sets TIF_PATCH_PENDING: nothing to fold.
+	case event.SweepStart:
+		if tr := s.Transition; tr != nil {
+			tr.Sweeps++
+		}
+	case event.SweepEnd:
+		if tr := s.Transition; tr != nil {
+			tr.LastSweep = e.Time
+			tr.LastSweepDuration = e.Duration
+			tr.LastSweepPending = max(e.Pending, 0)
+		}
+	case event.TaskCheck:
+		s.taskCheck(e)
+	case event.TaskSwitch:
+		s.taskSwitch(e)
+	case event.TransitionForce:
+		s.force(e)
+	case event.TransitionReverse:
+		s.reverse(e)
+	case event.TransitionComplete:
+		s.finish(e, false)
+	case event.TransitionCancel:
+		s.finish(e, true)
+	case event.Lost:
+		s.Lost += e.Count
+	}
+}
+
+func (s *State) patchIndex(name string) int {
+	return slices.IndexFunc(s.Patches, func(p *Patch) bool { return p.Name == name })
+}
+
+// ensurePatch returns the named patch, pushing it on top of the stack if new
+// (klp_enable_patch appends to klp_patches).
+func (s *State) ensurePatch(name string) *Patch {
+	if p := s.Patch(name); p != nil {
+		return p
+	}
+	p := &Patch{Name: name}
+	s.Patches = append(s.Patches, p)
+	return p
+}
+
+func (s *State) removePatch(name string) {
+	if i := s.patchIndex(name); i >= 0 {
+		s.Patches = slices.Delete(s.Patches, i, i+1)
+	}
+}
+
+// task returns the subject task of e, creating it on first sight.
+func (s *State) task(e event.Event) *Task {
+	k := Key(e)
+	t := s.Tasks[k]
+	if t == nil {
+		t = &Task{PID: e.PID, PatchState: event.StateIdle}
+		if e.PID == 0 && !strings.HasPrefix(e.Comm, "swapper/") {
+			t.Comm = "swapper/" + strconv.Itoa(-1-k)
+		}
+		s.Tasks[k] = t
+	}
+	if e.TGID != 0 {
+		t.TGID = e.TGID
+	}
+	if e.Comm != "" {
+		t.Comm = e.Comm
+	}
+	if len(e.Stack) > 0 {
+		t.Stack = slices.Clone(e.Stack)
+	}
+	return t
+}
+
+// setState moves t to ps, keeping the transition's counters in step.
+func (s *State) setState(t *Task, ps int, now uint64) {
+	old := t.PatchState
+	if tr := s.Transition; tr != nil {
+		if participates(old) {
+			tr.Total--
+			if old == tr.Target {
+				tr.Switched--
+			}
+		}
+		if participates(ps) {
+			tr.Total++
+			if ps == tr.Target {
+				tr.Switched++
+			}
+		}
+		wasPending := participates(old) && old != tr.Target
+		if participates(ps) && ps != tr.Target && !wasPending {
+			t.PendingSince = now
+		}
+	}
+	t.PatchState = ps
+}
+
+// recount recomputes the transition's counters from the tasks; used where
+// many tasks change at once.
+func (s *State) recount() {
+	tr := s.Transition
+	if tr == nil {
+		return
+	}
+	tr.Total, tr.Switched = 0, 0
+	for _, t := range s.Tasks {
+		if participates(t.PatchState) {
+			tr.Total++
+			if t.PatchState == tr.Target {
+				tr.Switched++
+			}
+		}
+	}
+}
+
+func clearCheck(t *Task) {
+	t.Reason, t.Func, t.Checks = "", "", 0
+}
+
+func (s *State) patchSnapshot(e event.Event) {
+	p := s.Patch(e.Patch)
+	if p == nil {
+		p = &Patch{Name: e.Patch}
+		// Seq is the stacking position; snapshots normally arrive in order,
+		// but insert by position so that they need not.
+		i := min(max(e.Seq, 0), len(s.Patches))
+		s.Patches = slices.Insert(s.Patches, i, p)
+	}
+	p.Enabled, p.Replace, p.InTransition = e.Enabled, e.Replace, e.InTransition
+	if e.InTransition && s.Transition == nil {
+		// sysfs "enabled" is the transition's direction: the kernel sets
+		// patch->enabled before starting it and flips it on reverse.
+		tg := event.StateUnpatched
+		if e.Enabled {
+			tg = event.StatePatched
+		}
+		s.Transition = &Transition{Patch: e.Patch, Target: tg, Start: e.Time,
+			Outcome: OutcomeRunning, Attached: true}
+		s.recount()
+		for _, t := range s.Tasks {
+			if participates(t.PatchState) && t.PatchState != tg {
+				t.PendingSince = e.Time
+			}
+		}
+	}
+}
+
+func (s *State) taskSnapshot(e event.Event) {
+	t := s.task(e)
+	if validState(e.PatchState) {
+		s.setState(t, e.PatchState, e.Time)
+	}
+	if tr := s.Transition; tr != nil && tr.Attached && t.PendingSince < tr.Start {
+		t.PendingSince = tr.Start
+	}
+	if e.Reason != "" {
+		t.Reason, t.Func = e.Reason, e.Func
+	}
+}
+
+// snapshotEnd covers a snapshot in which tasks are mid-transition but no
+// patch said so (a race with sysfs, or a kernel without the attribute): the
+// patch on top is the likeliest one, and the state most tasks hold the likeliest
+// target, since pending tasks are usually few.
+func (s *State) snapshotEnd(e event.Event) {
+	s.SnapshotDone = true
+	if s.Transition != nil {
+		return
+	}
+	var n [2]int
+	for _, t := range s.Tasks {
+		if participates(t.PatchState) {
+			n[t.PatchState]++
+		}
+	}
+	if n[0]+n[1] == 0 {
+		return
+	}
+	tr := &Transition{Target: event.StatePatched, Start: e.Time, Outcome: OutcomeRunning, Attached: true}
+	if n[0] > n[1] {
+		tr.Target = event.StateUnpatched
+	}
+	if len(s.Patches) > 0 {
+		p := s.Patches[len(s.Patches)-1]
+		p.InTransition = true
+		tr.Patch = p.Name
+	}
+	s.Transition = tr
+	s.recount()
+	for _, t := range s.Tasks {
+		if participates(t.PatchState) && t.PatchState != tr.Target && t.PendingSince < tr.Start {
+			t.PendingSince = tr.Start
+		}
+	}
+}
+
+func (s *State) transitionInit(e event.Event) {
+	if s.Transition != nil {
+		// The end of the previous one was lost.
+		s.finish(event.Event{Time: e.Time}, false)
+	}
+	tg := target(e.Target)
+	p := s.ensurePatch(e.Patch)
+	p.InTransition = true
+	p.Enabled = tg == event.StatePatched
+	p.Replace = p.Replace || e.Replace
+	s.Transition = &Transition{Patch: e.Patch, Target: tg, Start: e.Time, Outcome: OutcomeRunning}
+	// klp_init_transition sets every task to !target.
+	for _, t := range s.Tasks {
+		t.PatchState = 1 - tg
+		t.PendingSince = e.Time
+		t.SwitchPath, t.SwitchedAt = "", 0
+		clearCheck(t)
+	}
+	s.recount()
+}
+
+func (s *State) taskCheck(e event.Event) {
+	t := s.task(e)
+	tr := s.Transition
+	if e.Reason == event.ReasonSwitched || (e.Reason == "" && e.Ret == 0) {
+		if tr != nil {
+			s.setState(t, tr.Target, e.Time)
+			t.SwitchPath, t.SwitchedAt = event.PathSweep, e.Time
+		}
+		t.Reason, t.Func = "", ""
+		return
+	}
+	t.Reason = e.Reason
+	if t.Reason == "" {
+		t.Reason = event.ReasonFor(e.Ret)
+	}
+	t.Func = ""
+	if t.Reason == event.ReasonSleeping {
+		t.Func = e.Func
+	}
+	t.LastCheck = e.Time
+	t.Checks++
+	if tr != nil && (!participates(t.PatchState) || t.PatchState == tr.Target) {
+		// A task the kernel still checks is pending, whatever we believed. A
+		// task first seen now has been pending since the transition began.
+		since := e.Time
+		if !participates(t.PatchState) {
+			since = tr.Start
+		}
+		s.setState(t, 1-tr.Target, e.Time)
+		t.PendingSince = since
+	}
+}
+
+func (s *State) taskSwitch(e event.Event) {
+	t := s.task(e)
+	ps := e.PatchState
+	if !validState(ps) {
+		return
+	}
+	s.setState(t, ps, e.Time)
+	t.SwitchPath, t.SwitchedAt = e.Path, e.Time
+	if tr := s.Transition; tr == nil || ps == tr.Target {
+		t.Reason, t.Func = "", ""
+	}
+}
+
+func (s *State) force(e event.Event) {
+	for _, p := range s.Patches {
+		p.Forced = true
+	}
+	tr := s.Transition
+	if tr == nil {
+		return
+	}
+	tr.Forced = true
+	for _, t := range s.Tasks {
+		if participates(t.PatchState) && t.PatchState != tr.Target {
+			t.PatchState = tr.Target
+			t.SwitchPath, t.SwitchedAt = event.PathForce, e.Time
+			t.Reason, t.Func = "", ""
+		}
+	}
+	s.recount()
+}
+
+// reverse mirrors klp_reverse_transition: the target flips, so tasks that had
+// switched are pending again and pending ones are done.
+func (s *State) reverse(e event.Event) {
+	tr := s.Transition
+	if tr == nil {
+		return
+	}
+	old := tr.Target
+	tr.Target = 1 - old
+	tr.Reversed++
+	for _, t := range s.Tasks {
+		if t.PatchState == old {
+			t.PendingSince = e.Time
+			clearCheck(t)
+		}
+	}
+	if p := s.Patch(tr.Patch); p != nil {
+		p.Enabled = tr.Target == event.StatePatched
+	}
+	s.recount()
+}
+
+func (s *State) finish(e event.Event, cancelled bool) {
+	tr := s.Transition
+	if tr == nil {
+		return
+	}
+	tr.End = max(e.Time, tr.Start)
+	switch {
+	case cancelled:
+		tr.Outcome = OutcomeCancelled
+	case tr.Forced:
+		tr.Outcome = OutcomeForced
+	case tr.Reversed%2 == 1:
+		tr.Outcome = OutcomeReversed
+	default:
+		tr.Outcome = OutcomeComplete
+	}
+	// Freeze the counters as they were at the end, then idle every task as
+	// klp_complete_transition does.
+	if !cancelled {
+		tr.Switched = tr.Total
+	}
+	for _, t := range s.Tasks {
+		t.PatchState = event.StateIdle
+		t.PendingSince = 0
+		clearCheck(t)
+	}
+	if p := s.Patch(tr.Patch); p != nil {
+		p.InTransition = false
+		switch {
+		case cancelled || tr.Target == event.StateUnpatched:
+			// A cancelled enable or a finished disable frees the patch.
+			s.removePatch(tr.Patch)
+		case p.Replace:
+			// Atomic replace: klp_free_replaced_patches_async frees every
+			// other patch.
+			s.Patches = []*Patch{p}
+		}
+	}
+	s.History = append(s.History, tr)
+	if len(s.History) > maxHistory {
+		s.History = slices.Delete(s.History, 0, len(s.History)-maxHistory)
+	}
+	s.Transition = nil
+}
+
+// Last returns the most recent finished transition, or nil.
+func (s *State) Last() *Transition {
+	if len(s.History) == 0 {
+		return nil
+	}
+	return s.History[len(s.History)-1]
+}

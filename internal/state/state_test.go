@@ -1,0 +1,446 @@
+package state
+
+import (
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/klptop/klptop/internal/event"
+)
+
+// Every sequence below is hand-made, written from the kernel's transition
+// code (kernel/livepatch/transition.c), not recorded from a kernel.
+
+const sec = uint64(time.Second)
+
+func ev(t uint64, typ event.Type) event.Event { return event.Event{Time: t, Type: typ} }
+
+func snapPatch(t uint64, name string, seq int, enabled, inTr bool) event.Event {
+	return event.Event{Time: t, Type: event.PatchSnapshot, Patch: name, Seq: seq, Enabled: enabled, InTransition: inTr}
+}
+
+func snapTask(t uint64, pid int, comm string, ps int) event.Event {
+	return event.Event{Time: t, Type: event.TaskSnapshot, PID: pid, TGID: pid, Comm: comm, PatchState: ps}
+}
+
+func initTr(t uint64, patch string, target int) event.Event {
+	return event.Event{Time: t, Type: event.TransitionInit, Patch: patch, Target: target}
+}
+
+func check(t uint64, pid int, comm, reason, fn string) event.Event {
+	return event.Event{Time: t, Type: event.TaskCheck, PID: pid, Comm: comm, Reason: reason, Func: fn}
+}
+
+func sw(t uint64, pid int, comm string, ps int, path string) event.Event {
+	return event.Event{Time: t, Type: event.TaskSwitch, PID: pid, Comm: comm, PatchState: ps, Path: path}
+}
+
+// idleSnapshot: three tasks, no patch, nothing in transition.
+func idleSnapshot() []event.Event {
+	return []event.Event{
+		snapTask(1, 1, "systemd", -1),
+		snapTask(1, 42, "kworker/0:1", -1),
+		snapTask(1, 100, "bash", -1),
+		ev(1, event.SnapshotEnd),
+	}
+}
+
+// checkInvariants fails if the incremental counters disagree with the tasks.
+func checkInvariants(t *testing.T, s *State, step int) {
+	t.Helper()
+	tr := s.Transition
+	if tr == nil {
+		return
+	}
+	total, switched := 0, 0
+	for _, tk := range s.Tasks {
+		if participates(tk.PatchState) {
+			total++
+			if tk.PatchState == tr.Target {
+				switched++
+			}
+		}
+	}
+	if total != tr.Total || switched != tr.Switched {
+		t.Fatalf("step %d: counters total=%d switched=%d, tasks say %d/%d", step, tr.Total, tr.Switched, total, switched)
+	}
+	if p := len(s.Pending()); p != tr.Total-tr.Switched {
+		t.Fatalf("step %d: %d pending, counters say %d", step, p, tr.Total-tr.Switched)
+	}
+}
+
+func apply(t *testing.T, evs []event.Event) *State {
+	t.Helper()
+	s := New()
+	for i, e := range evs {
+		s.Apply(e)
+		checkInvariants(t, s, i)
+	}
+	return s
+}
+
+func pids(ts []*Task) []int {
+	var out []int
+	for _, t := range ts {
+		out = append(out, t.PID)
+	}
+	return out
+}
+
+func patchNames(s *State) []string {
+	var out []string
+	for _, p := range s.Patches {
+		out = append(out, p.Name)
+	}
+	return out
+}
+
+func TestHandMadeSequences(t *testing.T) {
+	cat := func(parts ...[]event.Event) []event.Event { return slices.Concat(parts...) }
+	tests := []struct {
+		name   string
+		events []event.Event
+		check  func(t *testing.T, s *State)
+	}{
+		{
+			name: "hand-made: patching completes after a stalled kworker switches",
+			events: cat(idleSnapshot(), []event.Event{
+				{Time: 10 * sec, Type: event.PatchEnable, Patch: "livepatch_demo"},
+				initTr(10*sec, "livepatch_demo", 1),
+				ev(10*sec, event.TransitionStart),
+				ev(11*sec, event.SweepStart),
+				check(11*sec, 1, "systemd", event.ReasonSwitched, ""),
+				check(11*sec, 100, "bash", event.ReasonSwitched, ""),
+				check(11*sec, 42, "kworker/0:1", event.ReasonSleeping, "busymod_work_func"),
+				{Time: 11*sec + 500, Type: event.SweepEnd, Pending: 1, Duration: 500},
+			}),
+			check: func(t *testing.T, s *State) {
+				tr := s.Transition
+				if tr == nil || tr.Total != 3 || tr.Switched != 2 || tr.Sweeps != 1 || tr.Target != 1 {
+					t.Fatalf("transition = %+v", tr)
+				}
+				p := s.Pending()
+				if len(p) != 1 || p[0].PID != 42 || p[0].Func != "busymod_work_func" || p[0].Reason != event.ReasonSleeping {
+					t.Fatalf("pending = %+v", p)
+				}
+				if p[0].PendingSince != 10*sec || p[0].Checks != 1 {
+					t.Fatalf("pending since %d checks %d", p[0].PendingSince, p[0].Checks)
+				}
+				if got := tr.Elapsed(25 * sec); got != 15*time.Second {
+					t.Fatalf("elapsed %v", got)
+				}
+				if ps := s.Patches; len(ps) != 1 || !ps[0].Enabled || !ps[0].InTransition {
+					t.Fatalf("patches %+v", ps[0])
+				}
+			},
+		},
+		{
+			name: "hand-made: complete idles all tasks and records history",
+			events: cat(idleSnapshot(), []event.Event{
+				initTr(10*sec, "p1", 1),
+				sw(10*sec, 100, "bash", 1, event.PathUser),
+				sw(10*sec, 1, "systemd", 1, event.PathUser),
+				check(12*sec, 42, "kworker/0:1", event.ReasonSwitched, ""),
+				ev(12*sec, event.TransitionComplete),
+			}),
+			check: func(t *testing.T, s *State) {
+				if s.Transition != nil || len(s.History) != 1 {
+					t.Fatalf("transition %+v history %d", s.Transition, len(s.History))
+				}
+				h := s.Last()
+				if h.Outcome != OutcomeComplete || h.Elapsed(99*sec) != 2*time.Second || h.Switched != 3 || h.Total != 3 {
+					t.Fatalf("last = %+v", h)
+				}
+				for _, tk := range s.Tasks {
+					if tk.PatchState != -1 {
+						t.Fatalf("task %d state %d", tk.PID, tk.PatchState)
+					}
+				}
+				if p := s.Patch("p1"); p == nil || !p.Enabled || p.InTransition {
+					t.Fatalf("patch %+v", p)
+				}
+				if s.Tasks[100].SwitchPath != event.PathUser || s.Tasks[42].SwitchPath != event.PathSweep {
+					t.Fatal("switch paths")
+				}
+			},
+		},
+		{
+			name: "hand-made: attach mid-transition from the snapshot",
+			events: []event.Event{
+				snapPatch(50*sec, "base", 0, true, false),
+				snapPatch(50*sec, "fix2", 1, true, true),
+				snapTask(50*sec, 1, "systemd", 1),
+				snapTask(50*sec, 42, "kworker/0:1", 0),
+				snapTask(50*sec, 7, "sshd", 0),
+				ev(50*sec, event.SnapshotEnd),
+				check(51*sec, 42, "kworker/0:1", event.ReasonSleeping, "busymod_work_func"),
+				check(51*sec, 7, "sshd", event.ReasonSwitched, ""),
+			},
+			check: func(t *testing.T, s *State) {
+				tr := s.Transition
+				if tr == nil || !tr.Attached || tr.Patch != "fix2" || tr.Target != 1 || tr.Total != 3 || tr.Switched != 2 {
+					t.Fatalf("transition = %+v", tr)
+				}
+				if got := pids(s.Pending()); !slices.Equal(got, []int{42}) {
+					t.Fatalf("pending %v", got)
+				}
+				if got := patchNames(s); !slices.Equal(got, []string{"base", "fix2"}) {
+					t.Fatalf("stack %v", got)
+				}
+			},
+		},
+		{
+			name: "hand-made: attach mid-unpatching, target inferred from enabled=0",
+			events: []event.Event{
+				snapPatch(5, "p", 0, false, true),
+				snapTask(5, 1, "a", 0),
+				snapTask(5, 2, "b", 1),
+				snapTask(5, 3, "c", 1),
+				ev(5, event.SnapshotEnd),
+			},
+			check: func(t *testing.T, s *State) {
+				tr := s.Transition
+				if tr == nil || tr.Target != 0 || tr.Switched != 1 || tr.Total != 3 {
+					t.Fatalf("transition %+v", tr)
+				}
+				if got := pids(s.Pending()); !slices.Equal(got, []int{2, 3}) {
+					t.Fatalf("pending %v", got)
+				}
+			},
+		},
+		{
+			name: "hand-made: tasks mid-transition but no patch flagged it",
+			events: []event.Event{
+				snapPatch(5, "p", 0, true, false),
+				snapTask(5, 1, "a", 1),
+				snapTask(5, 2, "b", 1),
+				snapTask(5, 3, "c", 0),
+				ev(5, event.SnapshotEnd),
+			},
+			check: func(t *testing.T, s *State) {
+				tr := s.Transition
+				if tr == nil || tr.Patch != "p" || tr.Target != 1 || tr.Switched != 2 {
+					t.Fatalf("transition %+v", tr)
+				}
+			},
+		},
+		{
+			name: "hand-made: reverse flips pending and switched tasks",
+			events: cat(idleSnapshot(), []event.Event{
+				initTr(10*sec, "p", 1),
+				check(11*sec, 1, "systemd", event.ReasonSwitched, ""),
+				check(11*sec, 42, "kworker/0:1", event.ReasonSleeping, "busymod_work_func"),
+				check(11*sec, 100, "bash", event.ReasonRunning, ""),
+				{Time: 20 * sec, Type: event.TransitionReverse, Patch: "p", Target: 0},
+			}),
+			check: func(t *testing.T, s *State) {
+				tr := s.Transition
+				if tr.Target != 0 || tr.Reversed != 1 || tr.Switched != 2 || tr.Total != 3 {
+					t.Fatalf("transition %+v", tr)
+				}
+				p := s.Pending()
+				if got := pids(p); !slices.Equal(got, []int{1}) {
+					t.Fatalf("pending %v", got)
+				}
+				if p[0].PendingSince != 20*sec {
+					t.Fatalf("pending since %d", p[0].PendingSince)
+				}
+				if pt := s.Patch("p"); pt.Enabled {
+					t.Fatal("reversed patch still enabled")
+				}
+			},
+		},
+		{
+			name: "hand-made: reversed patching completes, patch is freed",
+			events: cat(idleSnapshot(), []event.Event{
+				initTr(10*sec, "p", 1),
+				{Time: 20 * sec, Type: event.TransitionReverse, Target: 0},
+				ev(21*sec, event.TransitionComplete),
+			}),
+			check: func(t *testing.T, s *State) {
+				if s.Last().Outcome != OutcomeReversed || len(s.Patches) != 0 {
+					t.Fatalf("outcome %s patches %v", s.Last().Outcome, patchNames(s))
+				}
+			},
+		},
+		{
+			name: "hand-made: force switches everything and marks patches forced",
+			events: cat(idleSnapshot(), []event.Event{
+				snapPatch(1, "old", 0, true, false),
+				initTr(10*sec, "new", 1),
+				check(11*sec, 42, "kworker/0:1", event.ReasonSleeping, "f"),
+				ev(30*sec, event.TransitionForce),
+			}),
+			check: func(t *testing.T, s *State) {
+				tr := s.Transition
+				if tr.Switched != 3 || len(s.Pending()) != 0 || !tr.Forced {
+					t.Fatalf("transition %+v", tr)
+				}
+				for _, p := range s.Patches {
+					if !p.Forced {
+						t.Fatalf("patch %s not forced", p.Name)
+					}
+				}
+				s.Apply(ev(30*sec, event.TransitionComplete))
+				if s.Last().Outcome != OutcomeForced {
+					t.Fatalf("outcome %s", s.Last().Outcome)
+				}
+			},
+		},
+		{
+			name: "hand-made: cancelled enable frees the patch",
+			events: cat(idleSnapshot(), []event.Event{
+				{Time: 10, Type: event.PatchEnable, Patch: "bad"},
+				initTr(10, "bad", 1),
+				ev(11, event.TransitionCancel),
+			}),
+			check: func(t *testing.T, s *State) {
+				if len(s.Patches) != 0 || s.Last().Outcome != OutcomeCancelled || s.Transition != nil {
+					t.Fatalf("patches %v last %+v", patchNames(s), s.Last())
+				}
+			},
+		},
+		{
+			name: "hand-made: unpatch completes and removes the patch from the stack",
+			events: []event.Event{
+				snapPatch(1, "a", 0, true, false),
+				snapPatch(1, "b", 1, true, false),
+				snapTask(1, 1, "x", -1),
+				ev(1, event.SnapshotEnd),
+				initTr(5, "a", 0),
+				sw(6, 1, "x", 0, event.PathUser),
+				ev(7, event.TransitionComplete),
+			},
+			check: func(t *testing.T, s *State) {
+				if got := patchNames(s); !slices.Equal(got, []string{"b"}) {
+					t.Fatalf("stack %v", got)
+				}
+			},
+		},
+		{
+			name: "hand-made: atomic replace frees the patches below",
+			events: []event.Event{
+				snapPatch(1, "a", 0, true, false),
+				snapPatch(1, "b", 1, true, false),
+				ev(1, event.SnapshotEnd),
+				{Time: 5, Type: event.PatchEnable, Patch: "c", Replace: true},
+				initTr(5, "c", 1),
+				ev(7, event.TransitionComplete),
+			},
+			check: func(t *testing.T, s *State) {
+				if got := patchNames(s); !slices.Equal(got, []string{"c"}) {
+					t.Fatalf("stack %v", got)
+				}
+			},
+		},
+		{
+			name: "hand-made: unknown tasks appear in checks, forks inherit pending state",
+			events: []event.Event{
+				ev(1, event.SnapshotEnd),
+				initTr(10*sec, "p", 1),
+				check(12*sec, 500, "stress", event.ReasonRunning, ""),
+				sw(13*sec, 501, "stress", 0, event.PathFork),
+				check(14*sec, 502, "late", event.ReasonUnreliable, ""),
+				check(14*sec, 503, "ok", event.ReasonSwitched, ""),
+			},
+			check: func(t *testing.T, s *State) {
+				p := s.Pending()
+				if got := pids(p); !slices.Equal(got, []int{500, 502, 501}) {
+					t.Fatalf("pending %v", got)
+				}
+				if p[0].PendingSince != 10*sec || p[2].PendingSince != 13*sec {
+					t.Fatalf("since %d %d", p[0].PendingSince, p[2].PendingSince)
+				}
+				if tr := s.Transition; tr.Total != 4 || tr.Switched != 1 {
+					t.Fatalf("transition %+v", tr)
+				}
+			},
+		},
+		{
+			name: "hand-made: per-CPU idle tasks are distinct",
+			events: []event.Event{
+				snapTask(1, 0, "swapper/0", -1),
+				snapTask(1, 0, "swapper/1", -1),
+				initTr(2, "p", 1),
+				sw(3, 0, "swapper/1", 1, event.PathIdle),
+			},
+			check: func(t *testing.T, s *State) {
+				if len(s.Tasks) != 2 {
+					t.Fatalf("%d tasks", len(s.Tasks))
+				}
+				p := s.Pending()
+				if len(p) != 1 || p[0].Comm != "swapper/0" {
+					t.Fatalf("pending %+v", p)
+				}
+			},
+		},
+		{
+			name: "hand-made: lost events are counted, time never rewinds",
+			events: []event.Event{
+				{Time: 100, Type: event.Lost, Count: 7},
+				{Time: 50, Type: event.Lost, Count: 3},
+			},
+			check: func(t *testing.T, s *State) {
+				if s.Lost != 10 || s.Now != 100 {
+					t.Fatalf("lost %d now %d", s.Lost, s.Now)
+				}
+			},
+		},
+		{
+			name: "hand-made: a second init closes the one whose end was lost",
+			events: cat(idleSnapshot(), []event.Event{
+				initTr(10, "a", 1),
+				initTr(20, "b", 1),
+			}),
+			check: func(t *testing.T, s *State) {
+				if len(s.History) != 1 || s.Transition.Patch != "b" || s.Transition.Total != 3 {
+					t.Fatalf("history %d transition %+v", len(s.History), s.Transition)
+				}
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.check(t, apply(t, tc.events))
+		})
+	}
+}
+
+// TestHandMadeGarbage feeds random hand-made event soup: Apply must never
+// panic and the counters must stay consistent.
+func TestHandMadeGarbage(t *testing.T) {
+	types := []event.Type{event.PatchEnable, event.TransitionInit, event.TransitionStart,
+		event.TransitionComplete, event.TransitionReverse, event.TransitionCancel, event.TransitionForce,
+		event.SweepStart, event.SweepEnd, event.TaskCheck, event.TaskSwitch, event.PatchSnapshot,
+		event.TaskSnapshot, event.SnapshotEnd, event.Lost, "bogus"}
+	reasons := []string{"", event.ReasonSwitched, event.ReasonRunning, event.ReasonSleeping, "zz"}
+	r := rand.New(rand.NewPCG(1, 2))
+	for round := range 200 {
+		s := New()
+		for i := range 300 {
+			e := event.Event{
+				Time:         r.Uint64N(1000),
+				Type:         types[r.IntN(len(types))],
+				PID:          r.IntN(8) - 1,
+				CPU:          r.IntN(4) - 1,
+				Comm:         []string{"", "swapper/1", "swapper/x", "a"}[r.IntN(4)],
+				Patch:        []string{"", "a", "b"}[r.IntN(3)],
+				Target:       r.IntN(5) - 2,
+				PatchState:   r.IntN(6) - 3,
+				Seq:          r.IntN(6) - 2,
+				Reason:       reasons[r.IntN(len(reasons))],
+				Ret:          int32(r.IntN(200) - 100),
+				Enabled:      r.IntN(2) == 0,
+				InTransition: r.IntN(2) == 0,
+				Replace:      r.IntN(3) == 0,
+				Pending:      r.IntN(10) - 5,
+			}
+			s.Apply(e)
+			checkInvariants(t, s, round*1000+i)
+			_ = s.Transition.Elapsed(s.Now)
+		}
+	}
+	var nilState State
+	nilState.Apply(check(1, 5, "x", event.ReasonRunning, ""))
+}
