@@ -154,3 +154,53 @@ func TestHeaderChecks(t *testing.T) {
 		t.Errorf("1.7 refused: %v", err)
 	}
 }
+
+// FuzzReader: no input makes the reader panic or loop; errors are errors.
+func FuzzReader(f *testing.F) {
+	f.Add(write(&testing.T{}, handMadeEvents).Bytes())
+	f.Add([]byte(`{"format":"klptop-trace","version":"1.0"}` + "\n{\"t\":1,\"type\":\"task_check\",\"stack\":[\"a\"]}\n{"))
+	f.Add([]byte(`{"format":"klptop-trace","version":"1"}` + "\n\n\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tr, err := NewReader(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		for i := 0; i <= len(b); i++ {
+			if _, err := tr.Next(); err != nil {
+				return
+			}
+		}
+		t.Fatal("reader returned more events than the input has bytes")
+	})
+}
+
+func BenchmarkReadEvents(b *testing.B) {
+	var buf bytes.Buffer
+	w, _ := NewWriter(&buf, NewHeader())
+	for i := 0; i < 10000; i++ {
+		e := handMadeEvents[i%len(handMadeEvents)]
+		e.Time = uint64(i)
+		w.Write(e)
+	}
+	w.Flush()
+	data := buf.Bytes()
+	b.SetBytes(int64(len(data)))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		tr, err := NewReader(bytes.NewReader(data))
+		if err != nil {
+			b.Fatal(err)
+		}
+		n := 0
+		for {
+			if _, err := tr.Next(); err != nil {
+				break
+			}
+			n++
+		}
+		if n != 10000 {
+			b.Fatal(n)
+		}
+	}
+	b.ReportMetric(float64(10000*b.N)/b.Elapsed().Seconds(), "events/s")
+}
