@@ -1,0 +1,376 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * klptop's kernel side: kprobes on the livepatch transition path that emit
+ * one struct event per interesting call into a ring buffer, and a task
+ * iterator for the start-up snapshot.
+ *
+ * Every program is attached (or deleted before load) by internal/probes, which
+ * resolves the symbols at run time; the SEC() names only give the program type.
+ * klp_ftrace_handler and the callback lookups are deliberately absent: they run
+ * on hot paths (every call of a patched function, kallsyms walks).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "events.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define EADDRINUSE 98
+#define PF_IDLE 0x00000002
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 2 << 20);
+} events SEC(".maps");
+
+/* Events dropped because the ring buffer was full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* Kernel pointers as integers: bpf2go generates no Go type for pointers. */
+struct check_args {
+	__u64 task;
+	__u64 oldname;
+};
+
+/*
+ * Entry -> return hand-over. LRU so that an entry whose return probe never
+ * fires (return probe not attached, kretprobe instances exhausted) cannot
+ * fill the map for good.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); /* pid_tgid of the sweeping task */
+	__type(value, struct check_args);
+} check_stash SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); /* current task_struct: idle tasks all have pid 0 */
+	__type(value, __s32);
+} update_stash SEC(".maps");
+
+struct last_check {
+	__u32 pid;
+	__s32 ret;
+	__u64 func; /* klp_func.old_name: one pointer per patched function */
+};
+
+/* Per checked task, the outcome of its last failed check. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64); /* task_struct address */
+	__type(value, struct last_check);
+} last_checks SEC(".maps");
+
+/*
+ * The transition in progress. klp_mutex serializes the writers; readers on
+ * other CPUs may see a torn name only while a new transition is initialised.
+ * User space seeds them when it starts in the middle of a transition.
+ */
+char cur_patch[KLPTOP_PATCH_LEN];
+volatile __s32 cur_target = -1;
+
+/* The sweep in progress (klp_try_complete_transition runs under klp_mutex). */
+__u64 sweep_start_ns;
+__u32 sweep_pending;
+__u32 sweep_checked;
+
+static __always_inline int task_patch_state(struct task_struct *t)
+{
+	if (!bpf_core_field_exists(t->patch_state))
+		return STATE_UNKNOWN;
+	return BPF_CORE_READ(t, patch_state);
+}
+
+static __always_inline struct event *reserve(__u32 type)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+		if (n)
+			*n += 1;
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->time = bpf_ktime_get_ns();
+	e->cpu = bpf_get_smp_processor_id();
+	e->type = type;
+	e->target = cur_target;
+	e->patch_state = STATE_UNKNOWN;
+	__builtin_memcpy(e->patch, cur_patch, sizeof(e->patch));
+	return e;
+}
+
+static __always_inline void fill_task(struct event *e, struct task_struct *t)
+{
+	e->pid = BPF_CORE_READ(t, pid);
+	e->tgid = BPF_CORE_READ(t, tgid);
+	BPF_CORE_READ_STR_INTO(&e->comm, t, comm);
+}
+
+static __always_inline int emit_simple(__u32 type)
+{
+	struct event *e = reserve(type);
+	if (e)
+		bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("kprobe/klp_enable_patch")
+int BPF_KPROBE(klp_enable_patch, struct klp_patch *patch)
+{
+	struct event *e = reserve(EV_PATCH_ENABLE);
+	if (!e)
+		return 0;
+	__builtin_memset(e->patch, 0, sizeof(e->patch));
+	BPF_CORE_READ_STR_INTO(&e->patch, patch, mod, name);
+	if (BPF_CORE_READ(patch, replace))
+		e->flags |= EVF_REPLACE;
+	e->target = 1;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("kprobe/klp_init_transition")
+int BPF_KPROBE(klp_init_transition, struct klp_patch *patch, int state)
+{
+	BPF_CORE_READ_STR_INTO(&cur_patch, patch, mod, name);
+	cur_target = state;
+	struct event *e = reserve(EV_TRANSITION_INIT);
+	if (!e)
+		return 0;
+	if (BPF_CORE_READ(patch, replace))
+		e->flags |= EVF_REPLACE;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("kprobe/klp_start_transition")
+int BPF_KPROBE(klp_start_transition)
+{
+	return emit_simple(EV_TRANSITION_START);
+}
+
+SEC("kprobe/klp_complete_transition")
+int BPF_KPROBE(klp_complete_transition)
+{
+	return emit_simple(EV_TRANSITION_COMPLETE);
+}
+
+SEC("kprobe/klp_reverse_transition")
+int BPF_KPROBE(klp_reverse_transition)
+{
+	/* The kernel flips klp_target_state inside; report the new target. */
+	if (cur_target == 0 || cur_target == 1)
+		cur_target = !cur_target;
+	return emit_simple(EV_TRANSITION_REVERSE);
+}
+
+SEC("kprobe/klp_cancel_transition")
+int BPF_KPROBE(klp_cancel_transition)
+{
+	return emit_simple(EV_TRANSITION_CANCEL);
+}
+
+SEC("kprobe/klp_force_transition")
+int BPF_KPROBE(klp_force_transition)
+{
+	return emit_simple(EV_TRANSITION_FORCE);
+}
+
+SEC("kprobe/klp_try_complete_transition")
+int BPF_KPROBE(klp_try_complete_transition)
+{
+	sweep_start_ns = bpf_ktime_get_ns();
+	sweep_pending = 0;
+	sweep_checked = 0;
+	return emit_simple(EV_SWEEP_START);
+}
+
+SEC("kretprobe/klp_try_complete_transition")
+int BPF_KRETPROBE(klp_try_complete_transition_ret)
+{
+	struct event *e = reserve(EV_SWEEP_END);
+	if (!e)
+		return 0;
+	/* Started in the middle of a sweep: its start was not seen. */
+	if (sweep_start_ns)
+		e->duration = e->time - sweep_start_ns;
+	e->pending = sweep_pending;
+	e->checked = sweep_checked;
+	sweep_start_ns = 0;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("kprobe/klp_check_and_switch_task")
+int BPF_KPROBE(klp_check_and_switch_task, struct task_struct *task, void *arg)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct check_args a = { .task = (__u64)task, .oldname = (__u64)arg };
+	bpf_map_update_elem(&check_stash, &id, &a, BPF_ANY);
+	return 0;
+}
+
+SEC("kretprobe/klp_check_and_switch_task")
+int BPF_KRETPROBE(klp_check_and_switch_task_ret, long rc)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct check_args *ap = bpf_map_lookup_elem(&check_stash, &id);
+	if (!ap)
+		return 0;
+	struct task_struct *task = (struct task_struct *)ap->task;
+	const char **oldname = (const char **)ap->oldname;
+	bpf_map_delete_elem(&check_stash, &id);
+
+	/* int in %eax: the upper half of %rax is not defined. */
+	__s32 ret = (__s32)rc;
+	sweep_checked++;
+	if (ret)
+		sweep_pending++;
+
+	const char *fn = 0;
+	if (ret == -EADDRINUSE)
+		bpf_probe_read_kernel(&fn, sizeof(fn), oldname);
+
+	struct event *e = reserve(EV_TASK_CHECK);
+	if (!e)
+		return 0;
+	fill_task(e, task);
+	e->ret = ret;
+	e->patch_state = task_patch_state(task);
+	if (fn)
+		bpf_probe_read_kernel_str(&e->func, sizeof(e->func), fn);
+
+	/*
+	 * A stuck task fails the same way on every ~1 s retry: ask for its
+	 * stack only when the outcome changes. bpf_get_task_stack() cannot be
+	 * used here: it wants a BTF-typed task, which a kprobe does not have.
+	 */
+	__u64 key = (__u64)task;
+	if (ret == 0) {
+		bpf_map_delete_elem(&last_checks, &key);
+	} else {
+		struct last_check *lc = bpf_map_lookup_elem(&last_checks, &key);
+		if (!lc || lc->pid != e->pid || lc->ret != ret || lc->func != (__u64)fn) {
+			struct last_check n = { .pid = e->pid, .ret = ret, .func = (__u64)fn };
+			bpf_map_update_elem(&last_checks, &key, &n, BPF_ANY);
+			e->flags |= EVF_WANT_STACK;
+		}
+	}
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("kprobe/klp_update_patch_state")
+int BPF_KPROBE(klp_update_patch_state, struct task_struct *task)
+{
+	if (!bpf_core_field_exists(task->patch_state))
+		return 0;
+	__u64 key = bpf_get_current_task();
+	__s32 st = BPF_CORE_READ(task, patch_state);
+	bpf_map_update_elem(&update_stash, &key, &st, BPF_ANY);
+	return 0;
+}
+
+/* Every caller passes current: the return probe finds the task again by it. */
+SEC("kretprobe/klp_update_patch_state")
+int BPF_KRETPROBE(klp_update_patch_state_ret)
+{
+	__u64 key = bpf_get_current_task();
+	__s32 *before = bpf_map_lookup_elem(&update_stash, &key);
+	if (!before)
+		return 0;
+	__s32 was = *before;
+	bpf_map_delete_elem(&update_stash, &key);
+
+	struct task_struct *task = (struct task_struct *)key;
+	int now = task_patch_state(task);
+	if (now == was)
+		return 0;
+	struct event *e = reserve(EV_TASK_SWITCH);
+	if (!e)
+		return 0;
+	fill_task(e, task);
+	e->patch_state = now;
+	e->path = (e->pid == 0 || (BPF_CORE_READ(task, flags) & PF_IDLE)) ? PATH_IDLE : PATH_USER;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/*
+ * Called on every fork, transition or not: report only forks during a
+ * transition, where the child inherits a state other than idle.
+ */
+SEC("kprobe/klp_copy_process")
+int BPF_KPROBE(klp_copy_process, struct task_struct *child)
+{
+	struct task_struct *parent = (struct task_struct *)bpf_get_current_task();
+	int st = task_patch_state(parent);
+	if (st < 0)
+		return 0;
+	struct event *e = reserve(EV_TASK_SWITCH);
+	if (!e)
+		return 0;
+	e->pid = BPF_CORE_READ(child, pid);
+	e->tgid = BPF_CORE_READ(child, tgid);
+	/* The child's comm is set by exec later; now it is the parent's. */
+	BPF_CORE_READ_STR_INTO(&e->comm, parent, comm);
+	e->patch_state = st;
+	e->path = PATH_FORK;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* Scratch for the iterator's record: too big for the 512-byte BPF stack. */
+struct task_out {
+	struct task_rec rec;
+	__u64 stack[KLPTOP_MAX_STACK];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct task_out);
+} iter_scratch SEC(".maps");
+
+SEC("iter/task")
+int snapshot_tasks(struct bpf_iter__task *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
+	__u32 zero = 0;
+	if (!task)
+		return 0;
+	struct task_out *o = bpf_map_lookup_elem(&iter_scratch, &zero);
+	if (!o)
+		return 0;
+	__builtin_memset(&o->rec, 0, sizeof(o->rec));
+	o->rec.pid = BPF_CORE_READ(task, pid);
+	o->rec.tgid = BPF_CORE_READ(task, tgid);
+	BPF_CORE_READ_STR_INTO(&o->rec.comm, task, comm);
+	o->rec.patch_state = task_patch_state(task);
+	/* Stacks only matter while a transition waits for tasks. */
+	if (o->rec.patch_state >= 0) {
+		long n = bpf_get_task_stack(task, o->stack, sizeof(o->stack), 0);
+		if (n > 0)
+			o->rec.stack_len = n / sizeof(__u64);
+	}
+	bpf_seq_write(seq, &o->rec, sizeof(o->rec));
+	__u32 len = o->rec.stack_len * sizeof(__u64);
+	if (len > 0 && len <= sizeof(o->stack))
+		bpf_seq_write(seq, o->stack, len);
+	return 0;
+}

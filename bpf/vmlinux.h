@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * A hand-written stand-in for a bpftool-generated vmlinux.h: only what
+ * klptop reads. Build machines' BTF need not describe livepatch types (the
+ * development kernel has no CONFIG_LIVEPATCH), so the structs are declared
+ * here and relocated against the running kernel's BTF by CO-RE: offsets and
+ * sizes below do not matter, field names and types do.
+ */
+#ifndef __KLPTOP_VMLINUX_H__
+#define __KLPTOP_VMLINUX_H__
+/* Tells bpf_tracing.h to use the kernel's pt_regs field names (di, not rdi). */
+#define __VMLINUX_H__
+
+typedef unsigned char __u8;
+typedef signed char __s8;
+typedef unsigned short __u16;
+typedef short __s16;
+typedef unsigned int __u32;
+typedef int __s32;
+typedef unsigned long long __u64;
+typedef long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+typedef _Bool bool;
+#define true 1
+#define false 0
+typedef int pid_t;
+
+enum bpf_map_type {
+	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_LRU_HASH = 9,
+	BPF_MAP_TYPE_RINGBUF = 27,
+};
+
+enum {
+	BPF_ANY = 0,
+};
+
+/* x86-64 struct pt_regs: the kprobe context, a fixed kernel ABI. */
+struct pt_regs {
+	unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
+	unsigned long ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
+};
+
+struct task_struct {
+	unsigned int flags;
+	pid_t pid;
+	pid_t tgid;
+	char comm[16];
+	int patch_state; /* CONFIG_LIVEPATCH only: guard with bpf_core_field_exists */
+} __attribute__((preserve_access_index));
+
+struct module {
+	char name[56];
+} __attribute__((preserve_access_index));
+
+struct klp_patch {
+	struct module *mod;
+	bool replace;
+} __attribute__((preserve_access_index));
+
+struct seq_file;
+
+struct bpf_iter_meta {
+	struct seq_file *seq;
+	__u64 session_id;
+	__u64 seq_num;
+} __attribute__((preserve_access_index));
+
+struct bpf_iter__task {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+} __attribute__((preserve_access_index));
+
+#endif
