@@ -1,0 +1,37 @@
+package ui
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/klptop/klptop/internal/state"
+)
+
+func renderHeader(th Theme, opts Options, s *state.State, closed bool, width int) string {
+	title := th.Title.Render("klptop")
+	if opts.Title != "" {
+		title += "  " + opts.Title
+	}
+	var status []string
+	if !s.SnapshotDone && s.Now == 0 && !closed {
+		status = append(status, th.Subtle.Render("waiting for events"))
+	}
+	if s.Lost > 0 {
+		status = append(status, th.Bad.Render(fmt.Sprintf("lost %d events: counts may be off", s.Lost)))
+	}
+	if closed {
+		note := opts.EndNote
+		if note == "" {
+			note = "event stream ended: final state"
+		}
+		status = append(status, th.Warn.Render(note))
+	}
+	if len(status) > 0 {
+		title += "  " + strings.Join(status, "  ")
+	}
+	lines := []string{title}
+	for _, n := range opts.Notes {
+		lines = append(lines, th.Subtle.Render(n))
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,101 @@
+package ui
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"charm.land/bubbles/v2/progress"
+
+	"github.com/klptop/klptop/internal/state"
+)
+
+// transitionView shows the transition in progress, or the last one.
+type transitionView struct {
+	bar progress.Model
+}
+
+func newTransitionView(th Theme) transitionView {
+	bar := progress.New(
+		progress.WithoutPercentage(),
+		progress.WithFillCharacters('█', '░'),
+		progress.WithColors(th.BarFull.GetForeground()),
+	)
+	bar.EmptyColor = th.BarEmpty.GetForeground()
+	return transitionView{bar: bar}
+}
+
+func (v *transitionView) setWidth(w int) {
+	v.bar.SetWidth(min(max(w-40, 10), 60))
+}
+
+func (v transitionView) view(th Theme, s *state.State, now uint64, width int) string {
+	tr := s.Transition
+	title := th.Section.Render("TRANSITION")
+	if tr == nil {
+		last := s.Last()
+		if last == nil {
+			return title + "\n  " + th.Subtle.Render("none seen")
+		}
+		outcome := last.Outcome
+		switch outcome {
+		case state.OutcomeComplete:
+			outcome = th.Good.Render(outcome)
+		case state.OutcomeCancelled, state.OutcomeForced:
+			outcome = th.Bad.Render(outcome)
+		default:
+			outcome = th.Warn.Render(outcome)
+		}
+		line := fmt.Sprintf("  none in progress; last: %s %s %s in %s, %d sweeps",
+			th.Emphasis.Render(last.Patch), direction(last.Target), outcome,
+			fmtDuration(last.Elapsed(now)), last.Sweeps)
+		if last.Reversed > 0 {
+			line += fmt.Sprintf(", reversed %d×", last.Reversed)
+		}
+		return title + "\n" + line
+	}
+
+	elapsed := fmtDuration(tr.Elapsed(now))
+	if tr.Attached {
+		// klptop attached mid-transition: it began before this.
+		elapsed = "≥" + elapsed
+	}
+	head := fmt.Sprintf("%s  %s  %s  elapsed %s", title, th.Emphasis.Render(tr.Patch), direction(tr.Target), elapsed)
+	if tr.Reversed > 0 {
+		head += th.Warn.Render(fmt.Sprintf("  reversed %d×", tr.Reversed))
+	}
+	if tr.Forced {
+		head += th.Bad.Render("  forced")
+	}
+
+	pct := 0.0
+	if tr.Total > 0 {
+		pct = float64(tr.Switched) / float64(tr.Total)
+	}
+	bar := "  " + v.bar.ViewAs(pct) + fmt.Sprintf("  %d/%d tasks switched", tr.Switched, tr.Total)
+
+	sweep := "  " + sweepLine(tr, now)
+	return strings.Join([]string{head, bar, sweep}, "\n")
+}
+
+// sweepLine: the kernel retries a sweep about every second and sends fake
+// signals from the 15th on (SIGNALS_TIMEOUT), so the count says how stuck
+// the transition is.
+func sweepLine(tr *state.Transition, now uint64) string {
+	if tr.Sweeps == 0 {
+		return "no sweep yet"
+	}
+	s := fmt.Sprintf("sweep %d", tr.Sweeps)
+	if tr.Sweeps > 1 {
+		s += ", retries"
+	}
+	if tr.Sweeps >= 15 {
+		s += ", signalling stuck tasks"
+	}
+	if tr.LastSweep != 0 {
+		s += fmt.Sprintf("; last sweep %s ago took %s, %d pending",
+			fmtDuration(since(now, tr.LastSweep)), fmtDuration(time.Duration(min(tr.LastSweepDuration, 1<<62))),
+			tr.LastSweepPending)
+	}
+	return s
+}
