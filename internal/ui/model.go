@@ -178,7 +178,7 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 			return m, tea.Quit
 		}
 	}
-	m.tasks.refresh(m.st, m.now())
+	m.tasks.refresh(m.st, m.now(), m.width)
 	m.relayout()
 	return m, cmd
 }

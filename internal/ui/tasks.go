@@ -7,6 +7,7 @@ import (
 
 	"charm.land/bubbles/v2/table"
 
+	"github.com/klptop/klptop/internal/event"
 	"github.com/klptop/klptop/internal/state"
 )
 
@@ -37,6 +38,11 @@ func taskColumns(w int) []table.Column {
 	const pid, comm, ps, pending, pad = 7, 15, 5, 8, 2 * 6
 	rest := max(w-pid-comm-ps-pending-pad, 10)
 	reason := rest * 55 / 100
+	if narrow(w) {
+		// The function has its own column: the reason's short form leaves
+		// it room for a whole name.
+		reason = min(len("unreliable stack"), rest/2)
+	}
 	return []table.Column{
 		{Title: "PID", Width: pid},
 		{Title: "COMM", Width: comm},
@@ -47,7 +53,10 @@ func taskColumns(w int) []table.Column {
 	}
 }
 
-func (v *tasksView) refresh(s *state.State, now uint64) {
+// narrow: too little room to repeat the blocking function in the reason.
+func narrow(w int) bool { return w < 100 }
+
+func (v *tasksView) refresh(s *state.State, now uint64, width int) {
 	pending := s.Pending()
 	v.count = len(pending)
 	rows := make([]table.Row, 0, len(pending))
@@ -59,7 +68,7 @@ func (v *tasksView) refresh(s *state.State, now uint64) {
 		}
 		rows = append(rows, table.Row{
 			strconv.Itoa(t.PID), t.Comm, strconv.Itoa(t.PatchState),
-			humanReason(t.Reason, t.Func), fn, fmtDuration(since(now, t.PendingSince)),
+			reason(t, width), fn, fmtDuration(since(now, t.PendingSince)),
 		})
 		keys = append(keys, t.Key())
 	}
@@ -98,4 +107,11 @@ func (v tasksView) view(th Theme, s *state.State, width int) string {
 		return title + "\n  " + th.Good.Render("none: every task seen is at the target")
 	}
 	return title + "\n" + v.table.View()
+}
+
+func reason(t *state.Task, width int) string {
+	if narrow(width) && t.Reason == event.ReasonSleeping {
+		return "sleeping"
+	}
+	return humanReason(t.Reason, t.Func)
 }

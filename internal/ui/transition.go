@@ -74,14 +74,14 @@ func (v transitionView) view(th Theme, s *state.State, now uint64, width int) st
 	}
 	bar := "  " + v.bar.ViewAs(pct) + fmt.Sprintf("  %d/%d tasks switched", tr.Switched, tr.Total)
 
-	sweep := "  " + sweepLine(tr, now)
+	sweep := "  " + sweepLine(tr, now, width)
 	return strings.Join([]string{head, bar, sweep}, "\n")
 }
 
 // sweepLine: the kernel retries a sweep about every second and sends fake
 // signals from the 15th on (SIGNALS_TIMEOUT), so the count says how stuck
 // the transition is.
-func sweepLine(tr *state.Transition, now uint64) string {
+func sweepLine(tr *state.Transition, now uint64, width int) string {
 	if tr.Sweeps == 0 {
 		return "no sweep yet"
 	}
@@ -89,13 +89,13 @@ func sweepLine(tr *state.Transition, now uint64) string {
 	if tr.Sweeps > 1 {
 		s += ", retries"
 	}
-	if tr.Sweeps >= 15 {
-		s += ", signalling stuck tasks"
-	}
 	if tr.LastSweep != 0 {
-		s += fmt.Sprintf("; last sweep %s ago took %s, %d pending",
+		s += fmt.Sprintf("; last %s ago, took %s, %d pending",
 			fmtDuration(since(now, tr.LastSweep)), fmtDuration(time.Duration(min(tr.LastSweepDuration, 1<<62))),
 			tr.LastSweepPending)
+	}
+	if sig := "; the kernel signals stuck tasks every 15th sweep"; tr.Sweeps >= 15 && len(s)+len(sig)+2 <= width {
+		s += sig
 	}
 	return s
 }
