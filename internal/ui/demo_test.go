@@ -78,3 +78,21 @@ func handMadeFinish(after uint64) []event.Event {
 		{Time: after + sec/10, Type: event.TransitionComplete, Patch: "test_klp_callbacks_demo", Target: 1},
 	}
 }
+
+// handMadeAttached: klptop starts while a disable of p2 is under way, then
+// the operator re-enables it (a reverse).
+func handMadeAttached() []event.Event {
+	t0 := 50 * sec
+	return []event.Event{
+		{Time: t0, Type: event.PatchSnapshot, Patch: "p1", Seq: 0, Enabled: true, Replace: true},
+		{Time: t0, Type: event.PatchSnapshot, Patch: "p2", Seq: 1, Enabled: false, InTransition: true},
+		{Time: t0, Type: event.TaskSnapshot, PID: 1, Comm: "systemd", PatchState: 0},
+		{Time: t0, Type: event.TaskSnapshot, PID: 900, Comm: "stress-ng", PatchState: 1, Stack: []string{"do_sys_poll+0x1/0x2"}},
+		{Time: t0, Type: event.SnapshotEnd},
+		{Time: t0 + sec, Type: event.SweepStart},
+		{Time: t0 + sec, Type: event.TaskCheck, PID: 900, Comm: "stress-ng", Reason: event.ReasonRunning, Ret: -16},
+		{Time: t0 + sec, Type: event.SweepEnd, Pending: 1, Duration: 2_000_000},
+		{Time: t0 + 10*sec, Type: event.TransitionReverse, Patch: "p2", Target: 1},
+		{Time: t0 + 10*sec, Type: event.Lost, Count: 12},
+	}
+}

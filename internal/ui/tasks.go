@@ -37,6 +37,9 @@ func (v *tasksView) setSize(w, h int) {
 func taskColumns(w int) []table.Column {
 	const pid, comm, ps, pending, pad = 7, 15, 5, 8, 2 * 6
 	rest := max(w-pid-comm-ps-pending-pad, 10)
+	// Wide terminals do not need wider text columns; capping them keeps the
+	// PENDING column near the rest of the row.
+	rest = min(rest, 90)
 	reason := rest * 55 / 100
 	if narrow(w) {
 		// The function has its own column: the reason's short form leaves

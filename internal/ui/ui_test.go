@@ -121,6 +121,7 @@ func TestGoldenHandMade(t *testing.T) {
 		{name: "stall_200x50", w: 200, h: 50, now: end + sec/2, events: stall},
 		{name: "stack_120x40", w: 120, h: 40, now: end + sec/2, events: stall, keys: []string{"enter"}},
 		{name: "help_120x40", w: 120, h: 40, now: end, events: stall, keys: []string{"?"}},
+		{name: "attached_reversed_80x24", w: 80, h: 24, now: 70 * sec, events: handMadeAttached()},
 		{name: "complete_closed_120x40", w: 120, h: 40, now: end + 5*sec,
 			events: append(stall, handMadeFinish(end+2*sec)...), closed: true},
 	}
