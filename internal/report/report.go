@@ -1,0 +1,333 @@
+// Package report turns a recorded trace into what an operator needs after
+// the fact: every transition, how it ended, and for each stall which tasks
+// held it up, where and for how long. It streams: each transition is
+// written when it ends, so memory does not grow with the trace.
+package report
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/klptop/klptop/internal/event"
+	"github.com/klptop/klptop/internal/state"
+	"github.com/klptop/klptop/internal/trace"
+)
+
+// Outcomes beyond state's: a transition whose end the trace does not hold.
+const OutcomeUnfinished = "unfinished"
+
+// signalSymbol is the kernel function that sends fake signals to stuck tasks.
+const signalSymbol = "klp_send_signals"
+
+// Options select the output.
+type Options struct {
+	JSON bool
+	// MaxBlockers bounds the blocking tasks listed per stall in text output
+	// (0: 10). JSON lists them all.
+	MaxBlockers int
+	// MaxFrames bounds the stack frames printed per task in text (0: 16).
+	MaxFrames int
+}
+
+// Time is one instant of the trace, three ways.
+type Time struct {
+	Mono uint64 `json:"mono_ns"`
+	// Wall is UTC, RFC 3339 with nanoseconds; empty when the header's
+	// start_wall is missing or unreadable.
+	Wall string `json:"wall,omitempty"`
+	// Offset is seconds since the start of the recording.
+	Offset float64 `json:"offset_s"`
+}
+
+// Transition is one transition as reported.
+type Transition struct {
+	Index int    `json:"index"`
+	Patch string `json:"patch"`
+	// Direction is what the transition set out to do (patching, unpatching);
+	// Reverses says how often it turned round.
+	Direction string `json:"direction"`
+	Start     Time   `json:"start"`
+	// End is nil while the transition is unfinished.
+	End        *Time  `json:"end"`
+	DurationNs uint64 `json:"duration_ns"`
+	Outcome    string `json:"outcome"`
+	// Note explains an outcome the trace cannot pin down.
+	Note     string `json:"note,omitempty"`
+	Sweeps   int    `json:"sweeps"`
+	Reverses int    `json:"reverses"`
+	// Signals sent by klp_send_signals. No recorder yet probes it, so it is
+	// 0 and SignalsObservable false: the count is unknown, not zero.
+	Signals           int  `json:"signals"`
+	SignalsObservable bool `json:"signals_observable"`
+	// StartedBeforeRecording: klptop attached mid-transition; Start is a
+	// lower bound.
+	StartedBeforeRecording bool `json:"started_before_recording,omitempty"`
+	Tasks                  int  `json:"tasks"`
+	Switched               int  `json:"switched"`
+	// Stall: the transition needed more than one sweep, or never finished.
+	Stall    bool      `json:"stall"`
+	Blockers []Blocker `json:"blockers"`
+}
+
+// Blocker is a task that held up a stalled transition.
+type Blocker struct {
+	PID        int      `json:"pid"`
+	TGID       int      `json:"tgid,omitempty"`
+	Comm       string   `json:"comm"`
+	Reason     string   `json:"reason"`
+	Func       string   `json:"func,omitempty"`
+	Stack      []string `json:"stack"`
+	FirstCheck *Time    `json:"first_failed_check"`
+	LastCheck  *Time    `json:"last_failed_check"`
+	Checks     int      `json:"checks"`
+	BlockedNs  uint64   `json:"blocked_ns"`
+	// Switched is nil when the task was still blocked at the end;
+	// SwitchPath "force" or "reverse" says it was released, not switched.
+	Switched   *Time  `json:"switched"`
+	SwitchPath string `json:"switch_path,omitempty"`
+}
+
+// TraceInfo is the recording's header, as reported.
+type TraceInfo struct {
+	Version   string          `json:"version"`
+	Klptop    string          `json:"klptop"`
+	Kernel    string          `json:"kernel"`
+	Hostname  string          `json:"hostname"`
+	BootID    string          `json:"boot_id"`
+	StartWall string          `json:"start_wall"`
+	Backend   string          `json:"backend,omitempty"`
+	Missing   []trace.Missing `json:"missing"`
+	Command   []string        `json:"command,omitempty"`
+}
+
+// Summary closes a report.
+type Summary struct {
+	Events      int            `json:"events"`
+	Transitions int            `json:"transitions"`
+	Outcomes    map[string]int `json:"outcomes"`
+	Stalls      int            `json:"stalls"`
+	Unfinished  int            `json:"unfinished"`
+	LostEvents  uint64         `json:"lost_events"`
+	// UnknownEvents counts events of types this klptop does not know.
+	UnknownEvents map[event.Type]int `json:"unknown_events,omitempty"`
+	// Truncated: the last line was cut short (recorder killed); everything
+	// before it is reported.
+	Truncated bool `json:"truncated"`
+	// Error is the corruption that stopped the report early, if any.
+	Error string `json:"error,omitempty"`
+}
+
+// Warnings are what the command should tell the user on stderr.
+func (s *Summary) Warnings() []string {
+	var w []string
+	if s.Truncated {
+		w = append(w, "trace ends in a partial line (recorder killed?): reported up to it")
+	}
+	for _, t := range slices.Sorted(mapsKeys(s.UnknownEvents)) {
+		w = append(w, fmt.Sprintf("skipped %d events of type %q unknown to this klptop", s.UnknownEvents[t], t))
+	}
+	if s.LostEvents > 0 {
+		w = append(w, fmt.Sprintf("the kernel dropped %d events while recording: the report may miss switches or checks", s.LostEvents))
+	}
+	return w
+}
+
+func mapsKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
+	return func(yield func(K) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// sink receives the report as it is built.
+type sink interface {
+	begin(TraceInfo, bool) error
+	transition(*Transition) error
+	end(*Summary) error
+}
+
+// Run reads a trace from r and writes its report to w. The Summary is
+// returned even with an error, for the caller's exit status; an error is
+// one line naming the trace line and byte offset where reading stopped.
+func Run(r io.Reader, w io.Writer, opts Options) (*Summary, error) {
+	sum := &Summary{Outcomes: map[string]int{}}
+	tr, err := trace.NewReader(r)
+	if err != nil {
+		return sum, err
+	}
+	var out sink
+	if opts.JSON {
+		out = newJSONSink(w)
+	} else {
+		out = newTextSink(w, opts)
+	}
+	b := newBuilder(tr.Header)
+	if err := out.begin(b.info, b.signalsObservable); err != nil {
+		return sum, err
+	}
+	k := state.NewTracker()
+	var readErr error
+	for {
+		e, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			readErr = err
+			break
+		}
+		sum.Events++
+		b.sawEvent(e.Time)
+		if ended := k.Apply(e); ended != nil {
+			if err := out.transition(b.transition(ended, sum)); err != nil {
+				return sum, err
+			}
+		}
+	}
+	if ended := k.Close(); ended != nil {
+		t := b.transition(ended, sum)
+		if readErr != nil {
+			t.Note = "the report stops at a corrupt line of the trace before the transition's end"
+		}
+		if err := out.transition(t); err != nil {
+			return sum, err
+		}
+	}
+	sum.LostEvents = k.S.Lost
+	sum.Truncated = tr.Truncated
+	if len(tr.Unknown) > 0 {
+		sum.UnknownEvents = tr.Unknown
+	}
+	if readErr != nil {
+		sum.Error = readErr.Error()
+	}
+	if err := out.end(sum); err != nil {
+		return sum, err
+	}
+	return sum, readErr
+}
+
+// builder turns the tracker's transitions into reported ones.
+type builder struct {
+	info              TraceInfo
+	signalsObservable bool
+	wall              time.Time // zero when unknown
+	base              uint64
+	haveBase          bool
+}
+
+func newBuilder(h trace.Header) *builder {
+	b := &builder{info: TraceInfo{Version: h.Version, Klptop: h.Klptop, Kernel: h.Kernel,
+		Hostname: h.Host, BootID: h.BootID, StartWall: h.StartWall, Backend: h.Backend,
+		Missing: h.Missing, Command: h.Command}}
+	if b.info.Missing == nil {
+		b.info.Missing = []trace.Missing{}
+	}
+	if w, err := time.Parse(time.RFC3339Nano, h.StartWall); err == nil && h.StartMono != 0 {
+		b.wall = w.UTC()
+	}
+	if h.StartMono != 0 {
+		b.base, b.haveBase = h.StartMono, true
+	}
+	// No event reports klp_send_signals yet (trace format 1.0), so signals
+	// are never observable; once one does, this looks at attached/missing.
+	b.signalsObservable = false
+	return b
+}
+
+// sawEvent takes the first event's time as the origin when the header has none.
+func (b *builder) sawEvent(t uint64) {
+	if !b.haveBase {
+		b.base, b.haveBase = t, true
+	}
+}
+
+func (b *builder) time(t uint64) Time {
+	d := int64(t - b.base) // two's complement: events before the base come out negative
+	out := Time{Mono: t, Offset: float64(d) / 1e9}
+	if !b.wall.IsZero() {
+		out.Wall = b.wall.Add(time.Duration(d)).Format(time.RFC3339Nano)
+	}
+	return out
+}
+
+func (b *builder) timep(t uint64) *Time {
+	if t == 0 {
+		return nil
+	}
+	x := b.time(t)
+	return &x
+}
+
+func direction(target int) string {
+	if target == event.StateUnpatched {
+		return "unpatching"
+	}
+	return "patching"
+}
+
+func (b *builder) transition(en *state.Ended, sum *Summary) *Transition {
+	st := en.Transition
+	target := st.Target
+	if st.Reversed%2 == 1 {
+		target = 1 - target
+	}
+	t := &Transition{
+		Index: en.Index, Patch: st.Patch, Direction: direction(target),
+		Start: b.time(st.Start), Outcome: st.Outcome, Sweeps: st.Sweeps, Reverses: st.Reversed,
+		SignalsObservable: b.signalsObservable, StartedBeforeRecording: st.Attached,
+		Tasks: st.Total, Switched: st.Switched, Blockers: []Blocker{},
+	}
+	end := st.End
+	switch {
+	case en.Unfinished:
+		t.Outcome = OutcomeUnfinished
+		t.Note = "the trace ends before the transition did"
+		t.DurationNs = uint64(st.Elapsed(en.Until))
+	case en.EndLost:
+		t.Outcome = OutcomeUnfinished
+		t.Note = "its end was not recorded (events lost?) before the next transition began"
+		t.DurationNs = uint64(st.Elapsed(st.End))
+		t.End = b.timep(st.End)
+	default:
+		x := b.time(end)
+		t.End = &x
+		t.DurationNs = uint64(st.Elapsed(end))
+	}
+	t.Stall = st.Sweeps > 1 || t.Outcome == OutcomeUnfinished
+	if t.Stall {
+		for _, bl := range en.Blockers {
+			r := Blocker{PID: bl.PID, TGID: bl.TGID, Comm: bl.Comm, Reason: bl.Reason, Func: bl.Func,
+				Stack: bl.Stack, FirstCheck: b.timep(bl.FirstCheck), LastCheck: b.timep(bl.LastCheck),
+				Checks: bl.Checks, BlockedNs: bl.Blocked, Switched: b.timep(bl.SwitchedAt), SwitchPath: bl.SwitchPath}
+			if r.Stack == nil {
+				r.Stack = []string{}
+			}
+			t.Blockers = append(t.Blockers, r)
+		}
+	}
+	sum.Transitions++
+	sum.Outcomes[t.Outcome]++
+	if t.Stall {
+		sum.Stalls++
+	}
+	if t.Outcome == OutcomeUnfinished {
+		sum.Unfinished++
+	}
+	return t
+}
+
+// ExitStatus is the status `klptop report` exits with: 1 when the trace is
+// unreadable or holds a transition that never finished (so that scripts and
+// CI can act on it), else 0.
+func ExitStatus(sum *Summary, err error) int {
+	if err != nil || (sum != nil && sum.Unfinished > 0) {
+		return 1
+	}
+	return 0
+}

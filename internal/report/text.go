@@ -1,0 +1,242 @@
+package report
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/klptop/klptop/internal/event"
+)
+
+// textSink is the human report: one block per transition, the verdict on
+// its first line, blockers in an aligned table with their stacks beneath.
+type textSink struct {
+	w         *bufio.Writer
+	opts      Options
+	unfinish []string // one line per unfinished transition, for the end
+}
+
+func newTextSink(w io.Writer, opts Options) *textSink {
+	if opts.MaxBlockers <= 0 {
+		opts.MaxBlockers = 10
+	}
+	if opts.MaxFrames <= 0 {
+		opts.MaxFrames = 16
+	}
+	return &textSink{w: bufio.NewWriter(w), opts: opts}
+}
+
+func (s *textSink) printf(format string, a ...any) { fmt.Fprintf(s.w, format, a...) }
+
+func (s *textSink) begin(info TraceInfo, signals bool) error {
+	host := orUnknown(info.Hostname)
+	s.printf("klptop report: %s, kernel %s, boot %s\n", host, orUnknown(info.Kernel), orUnknown(info.BootID))
+	rec := "recorded"
+	if info.StartWall != "" {
+		rec += " from " + wallString(info.StartWall)
+	}
+	rec += " by klptop " + orUnknown(info.Klptop)
+	if info.Backend != "" {
+		rec += " (" + info.Backend + ")"
+	}
+	s.printf("%s, trace format %s\n", rec, orUnknown(info.Version))
+	if len(info.Command) > 0 {
+		s.printf("command: %s\n", strings.Join(info.Command, " "))
+	}
+	for _, m := range info.Missing {
+		s.printf("not observable: %s (%s)\n", m.Symbol, m.Why)
+	}
+	s.printf("\n")
+	return nil
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "?"
+	}
+	return s
+}
+
+// wallString shortens RFC 3339 to what a reader scans: date, time to the
+// millisecond, zone.
+func wallString(rfc string) string {
+	t, err := time.Parse(time.RFC3339Nano, rfc)
+	if err != nil {
+		return rfc
+	}
+	return t.UTC().Format("2006-01-02 15:04:05.000 UTC")
+}
+
+func offset(t *Time) string {
+	if t == nil {
+		return "-"
+	}
+	return fmt.Sprintf("+%.3fs", t.Offset)
+}
+
+func when(t *Time) string {
+	if t.Wall == "" {
+		return offset(t)
+	}
+	return wallString(t.Wall) + "  (" + offset(t) + ")"
+}
+
+// Duration is how the report writes a length of time.
+func Duration(ns uint64) string {
+	d := time.Duration(min(ns, 1<<63-1))
+	switch {
+	case d < time.Millisecond:
+		return fmt.Sprintf("%dµs", d.Microseconds())
+	case d < time.Second:
+		return fmt.Sprintf("%dms", d.Milliseconds())
+	case d < time.Minute:
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	}
+	return fmt.Sprintf("%dh%02dm%02ds", int(d.Hours()), int(d.Minutes())%60, int(d.Seconds())%60)
+}
+
+func humanReason(reason, fn string) string {
+	switch reason {
+	case "":
+		return "never checked"
+	case event.ReasonRunning:
+		return "running"
+	case event.ReasonUnreliable:
+		return "unreliable stack"
+	case event.ReasonSleeping:
+		if fn == "" {
+			return "sleeping in a patched function"
+		}
+		return "sleeping in " + fn
+	}
+	return strings.ReplaceAll(reason, "_", " ")
+}
+
+func (s *textSink) transition(t *Transition) error {
+	verdict := strings.ToUpper(t.Outcome)
+	if t.Stall && t.Outcome != OutcomeUnfinished {
+		verdict += " after a stall"
+	}
+	s.printf("#%d  %s  %s  %s  %s\n", t.Index, t.Patch, t.Direction, verdict, Duration(t.DurationNs))
+	if t.Note != "" {
+		s.printf("    note: %s\n", t.Note)
+	}
+	start := when(&t.Start)
+	if t.StartedBeforeRecording {
+		start += "  (started before the recording: at or before)"
+	}
+	s.printf("    start   %s\n", start)
+	if t.End != nil {
+		s.printf("    end     %s\n", when(t.End))
+	} else {
+		s.printf("    end     - (still running when the trace ends)\n")
+	}
+	signals := "not observable"
+	if t.SignalsObservable {
+		signals = fmt.Sprint(t.Signals)
+	}
+	s.printf("    sweeps  %d   reverses %d   signals %s   tasks %d, %d switched\n",
+		t.Sweeps, t.Reverses, signals, t.Tasks, t.Switched)
+	if t.Stall {
+		s.blockers(t)
+	}
+	s.printf("\n")
+	if t.Outcome == OutcomeUnfinished {
+		u := fmt.Sprintf("#%d %s %s after %s", t.Index, t.Patch, t.Direction, Duration(t.DurationNs))
+		if len(t.Blockers) > 0 {
+			b := t.Blockers[0]
+			u += fmt.Sprintf(": %d blocking, longest %s (pid %d) %s for %s", len(t.Blockers),
+				b.Comm, b.PID, humanReason(b.Reason, b.Func), Duration(b.BlockedNs))
+		}
+		s.unfinish = append(s.unfinish, u)
+	}
+	return nil
+}
+
+func (s *textSink) blockers(t *Transition) {
+	if len(t.Blockers) == 0 {
+		s.printf("    stall: no task was seen failing a check\n")
+		return
+	}
+	n := len(t.Blockers)
+	tasks := "tasks"
+	if n == 1 {
+		tasks = "task"
+	}
+	s.printf("    stall: %d %s blocked the transition, longest first\n", n, tasks)
+	shown := t.Blockers[:min(n, s.opts.MaxBlockers)]
+	rows := [][]string{{"PID", "COMM", "BLOCKED", "CHECKS", "FIRST FAIL", "LAST FAIL", "SWITCHED", "REASON"}}
+	for _, b := range shown {
+		sw := "never"
+		if b.Switched != nil {
+			sw = offset(b.Switched) + " " + b.SwitchPath
+		}
+		rows = append(rows, []string{fmt.Sprint(b.PID), b.Comm, Duration(b.BlockedNs), fmt.Sprint(b.Checks),
+			offset(b.FirstCheck), offset(b.LastCheck), sw, humanReason(b.Reason, b.Func)})
+	}
+	width := make([]int, len(rows[0]))
+	for _, r := range rows {
+		for i, c := range r {
+			width[i] = max(width[i], utf8.RuneCountInString(c))
+		}
+	}
+	for i, r := range rows {
+		var line strings.Builder
+		line.WriteString("      ")
+		for j, c := range r {
+			line.WriteString(c)
+			if j < len(r)-1 {
+				line.WriteString(strings.Repeat(" ", width[j]-utf8.RuneCountInString(c)+2))
+			}
+		}
+		s.printf("%s\n", line.String())
+		if i == 0 {
+			continue
+		}
+		b := shown[i-1]
+		for k, f := range b.Stack {
+			if k == s.opts.MaxFrames {
+				s.printf("          ... %d more frames\n", len(b.Stack)-k)
+				break
+			}
+			s.printf("          %s\n", f)
+		}
+	}
+	if n > len(shown) {
+		s.printf("      ... and %d more (--json lists them all)\n", n-len(shown))
+	}
+}
+
+func (s *textSink) end(sum *Summary) error {
+	var parts []string
+	for _, o := range []string{"complete", "reversed", "cancelled", "forced", OutcomeUnfinished} {
+		if n := sum.Outcomes[o]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, o))
+		}
+	}
+	tr := "transitions"
+	if sum.Transitions == 1 {
+		tr = "transition"
+	}
+	line := fmt.Sprintf("summary: %d %s", sum.Transitions, tr)
+	if len(parts) > 0 {
+		line += " (" + strings.Join(parts, ", ") + ")"
+	}
+	line += fmt.Sprintf(", %d stalled, %d events", sum.Stalls, sum.Events)
+	s.printf("%s\n", line)
+	for _, w := range sum.Warnings() {
+		s.printf("warning: %s\n", w)
+	}
+	if sum.Error != "" {
+		s.printf("error: the report stops at a corrupt line: %s\n", sum.Error)
+	}
+	for _, u := range s.unfinish {
+		s.printf("UNFINISHED %s\n", u)
+	}
+	return s.w.Flush()
+}
