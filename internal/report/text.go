@@ -14,8 +14,8 @@ import (
 // textSink is the human report: one block per transition, the verdict on
 // its first line, blockers in an aligned table with their stacks beneath.
 type textSink struct {
-	w         *bufio.Writer
-	opts      Options
+	w        *bufio.Writer
+	opts     Options
 	unfinish []string // one line per unfinished transition, for the end
 }
 
