@@ -17,6 +17,10 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* Keep the record types in the object's BTF, where a test checks the Go decoder against them. */
+const struct event *unused_event __attribute__((unused));
+const struct task_rec *unused_task_rec __attribute__((unused));
+
 #define EADDRINUSE 98
 #define PF_IDLE 0x00000002
 
@@ -363,14 +367,14 @@ int snapshot_tasks(struct bpf_iter__task *ctx)
 	BPF_CORE_READ_STR_INTO(&o->rec.comm, task, comm);
 	o->rec.patch_state = task_patch_state(task);
 	/* Stacks only matter while a transition waits for tasks. */
-	if (o->rec.patch_state >= 0) {
-		long n = bpf_get_task_stack(task, o->stack, sizeof(o->stack), 0);
-		if (n > 0)
-			o->rec.stack_len = n / sizeof(__u64);
-	}
+	long n = 0;
+	if (o->rec.patch_state >= 0)
+		n = bpf_get_task_stack(task, o->stack, sizeof(o->stack), 0);
+	if (n < 0 || n > sizeof(o->stack))
+		n = 0;
+	o->rec.stack_len = n / sizeof(__u64);
 	bpf_seq_write(seq, &o->rec, sizeof(o->rec));
-	__u32 len = o->rec.stack_len * sizeof(__u64);
-	if (len > 0 && len <= sizeof(o->stack))
-		bpf_seq_write(seq, o->stack, len);
+	if (n > 0)
+		bpf_seq_write(seq, o->stack, n);
 	return 0;
 }

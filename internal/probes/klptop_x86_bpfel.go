@@ -69,6 +69,8 @@ const (
 	klptopVarSweepChecked                 = "sweep_checked"
 	klptopVarSweepPending                 = "sweep_pending"
 	klptopVarSweepStartNs                 = "sweep_start_ns"
+	klptopVarUnusedEvent                  = "unused_event"
+	klptopVarUnusedTaskRec                = "unused_task_rec"
 )
 
 // loadKlptop returns the embedded CollectionSpec for klptop.
@@ -146,11 +148,13 @@ type klptopMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type klptopVariableSpecs struct {
-	CurPatch     *ebpf.VariableSpec `ebpf:"cur_patch"`
-	CurTarget    *ebpf.VariableSpec `ebpf:"cur_target"`
-	SweepChecked *ebpf.VariableSpec `ebpf:"sweep_checked"`
-	SweepPending *ebpf.VariableSpec `ebpf:"sweep_pending"`
-	SweepStartNs *ebpf.VariableSpec `ebpf:"sweep_start_ns"`
+	CurPatch      *ebpf.VariableSpec `ebpf:"cur_patch"`
+	CurTarget     *ebpf.VariableSpec `ebpf:"cur_target"`
+	SweepChecked  *ebpf.VariableSpec `ebpf:"sweep_checked"`
+	SweepPending  *ebpf.VariableSpec `ebpf:"sweep_pending"`
+	SweepStartNs  *ebpf.VariableSpec `ebpf:"sweep_start_ns"`
+	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedTaskRec *ebpf.VariableSpec `ebpf:"unused_task_rec"`
 }
 
 // klptopObjects contains all objects after they have been loaded into the kernel.
@@ -196,11 +200,13 @@ func (m *klptopMaps) Close() error {
 //
 // It can be passed to loadKlptopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type klptopVariables struct {
-	CurPatch     *ebpf.Variable `ebpf:"cur_patch"`
-	CurTarget    *ebpf.Variable `ebpf:"cur_target"`
-	SweepChecked *ebpf.Variable `ebpf:"sweep_checked"`
-	SweepPending *ebpf.Variable `ebpf:"sweep_pending"`
-	SweepStartNs *ebpf.Variable `ebpf:"sweep_start_ns"`
+	CurPatch      *ebpf.Variable `ebpf:"cur_patch"`
+	CurTarget     *ebpf.Variable `ebpf:"cur_target"`
+	SweepChecked  *ebpf.Variable `ebpf:"sweep_checked"`
+	SweepPending  *ebpf.Variable `ebpf:"sweep_pending"`
+	SweepStartNs  *ebpf.Variable `ebpf:"sweep_start_ns"`
+	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
+	UnusedTaskRec *ebpf.Variable `ebpf:"unused_task_rec"`
 }
 
 // klptopPrograms contains all programs after they have been loaded into the kernel.

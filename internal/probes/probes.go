@@ -1,0 +1,327 @@
+// Package probes is klptop's kernel side: it loads the BPF programs of
+// bpf/klptop.bpf.c, attaches them to the livepatch functions the running
+// kernel has, and turns what they report into event.Events.
+package probes
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/klptop/klptop/internal/ksym"
+	"github.com/klptop/klptop/internal/sysfs"
+)
+
+// Backends.
+const (
+	BackendAuto        = "auto"
+	BackendKprobeMulti = "kprobe-multi"
+	BackendKprobe      = "kprobe"
+)
+
+// Options configure Open.
+type Options struct {
+	Backend string // "auto" (or ""), "kprobe-multi", "kprobe"
+}
+
+// Reasons Open fails; the returned errors wrap them with detail.
+var (
+	ErrNoLivepatch = errors.New("kernel has no livepatch support")
+	ErrNotRoot     = errors.New("klptop needs root")
+	ErrNoBPF       = errors.New("BPF not usable")
+)
+
+// Missing is a probe the running kernel cannot have.
+type Missing struct{ Symbol, Why string }
+
+// Info describes what Open attached.
+type Info struct {
+	Backend string
+	// Attached are the probe points, "fn" or "fn%return" for a return probe.
+	Attached   []string
+	Missing    []Missing
+	AttachTime time.Duration // load and attach
+	Kernel     string        // uname -r
+}
+
+// Session is the loaded and attached probes.
+type Session struct {
+	coll  *ebpf.Collection
+	links []io.Closer
+	rd    *ringbuf.Reader
+	syms  *ksym.Table
+	info  Info
+	root  string
+
+	closeOnce sync.Once
+	closeErr  error
+
+	lostSeen    uint64
+	lostChecked time.Time
+}
+
+// Open checks that this machine can run klptop, then loads and attaches the
+// probes. Functions the kernel lacks are reported in Info().Missing, not as
+// errors.
+func Open(opts Options) (*Session, error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("%w (BPF and /proc/kallsyms addresses)", ErrNotRoot)
+	}
+	const root = "/"
+	if !sysfs.HasLivepatch(root) {
+		return nil, fmt.Errorf("%w: no /%s (CONFIG_LIVEPATCH)", ErrNoLivepatch, sysfs.LivepatchDir)
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		return nil, fmt.Errorf("%w: no kernel BTF (CONFIG_DEBUG_INFO_BTF): %v", ErrNoBPF, err)
+	}
+	avail, err := openTraceable()
+	if err != nil {
+		return nil, err
+	}
+	backend, err := chooseBackend(opts.Backend)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	attach, missing := plan(avail)
+
+	spec, err := loadKlptop()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
+	}
+	if err := seedTransition(spec, root); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
+	}
+	keep := map[string]bool{iterProg: true}
+	for prog := range attach {
+		keep[prog] = true
+	}
+	if backend == BackendKprobeMulti {
+		for _, p := range probes {
+			if ps := spec.Programs[p.prog]; ps != nil {
+				ps.AttachType = ebpf.AttachTraceKprobeMulti
+			}
+		}
+	}
+	_ = rlimit.RemoveMemlock() // kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK
+	coll, err := newCollection(spec, keep)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
+	}
+	s := &Session{coll: coll, syms: ksym.New("/proc/kallsyms"), root: root}
+	s.info = Info{Backend: backend, Kernel: kernelRelease()}
+
+	attached, failed := s.attachAll(attach, backend)
+	s.info.Attached = attached
+	s.info.Missing = append(missing, failed...)
+	if len(s.links) == 0 {
+		s.Close()
+		return nil, fmt.Errorf("%w: no livepatch function could be probed: %v", ErrNoBPF, s.info.Missing)
+	}
+	if s.rd, err = ringbuf.NewReader(coll.Maps["events"]); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("%w: ring buffer: %v", ErrNoBPF, err)
+	}
+	s.info.AttachTime = time.Since(start)
+	return s, nil
+}
+
+// openTraceable reads available_filter_functions, mounting tracefs first if
+// nothing has (minimal systems, containers).
+func openTraceable() (map[string]bool, error) {
+	avail, _, err := traceableFile()
+	if err == nil {
+		return avail, nil
+	}
+	if merr := unix.Mount("tracefs", tracefsDirs[0], "tracefs", 0, ""); merr != nil {
+		return nil, fmt.Errorf("%w: no available_filter_functions (%v) and mounting tracefs failed: %v", ErrNoBPF, err, merr)
+	}
+	avail, _, err = traceableFile()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
+	}
+	return avail, nil
+}
+
+func chooseBackend(want string) (string, error) {
+	switch want {
+	case "", BackendAuto:
+		if features.HaveBPFLinkKprobeMulti() == nil {
+			return BackendKprobeMulti, nil
+		}
+		return BackendKprobe, nil
+	case BackendKprobeMulti:
+		if err := features.HaveBPFLinkKprobeMulti(); err != nil {
+			return "", fmt.Errorf("%w: kprobe-multi: %v", ErrNoBPF, err)
+		}
+		return BackendKprobeMulti, nil
+	case BackendKprobe:
+		return BackendKprobe, nil
+	}
+	return "", fmt.Errorf("unknown backend %q (auto, kprobe-multi, kprobe)", want)
+}
+
+// seedTransition tells the programs about a transition already running, so
+// that events before the next klp_init_transition name the patch and target.
+func seedTransition(spec *ebpf.CollectionSpec, root string) error {
+	ps, err := sysfs.Patches(root)
+	if err != nil {
+		return nil // snapshot will report it; the probes work without
+	}
+	for _, p := range ps {
+		if !p.Transition {
+			continue
+		}
+		var name [patchLen]byte
+		copy(name[:patchLen-1], p.Name)
+		if err := spec.Variables["cur_patch"].Set(name); err != nil {
+			return err
+		}
+		return spec.Variables["cur_target"].Set(int32(p.Target()))
+	}
+	return nil
+}
+
+// newCollection loads only the programs in keep: a single program the
+// kernel rejects (a CO-RE relocation against a type it lacks, say) would
+// fail the whole collection.
+func newCollection(spec *ebpf.CollectionSpec, keep map[string]bool) (*ebpf.Collection, error) {
+	spec = spec.Copy()
+	for name := range spec.Programs {
+		if !keep[name] {
+			delete(spec.Programs, name)
+		}
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("%+v", ve)
+		}
+		return nil, err
+	}
+	return coll, nil
+}
+
+// attachAll attaches the planned programs, and detaches a probe whose
+// partner failed to attach.
+func (s *Session) attachAll(attach map[string][]string, backend string) (attached []string, failed []Missing) {
+	links := make(map[string]io.Closer)
+	points := make(map[string][]string)
+	for _, p := range probes {
+		syms, ok := attach[p.prog]
+		if !ok {
+			continue
+		}
+		l, err := attachOne(s.coll.Programs[p.prog], syms, p.ret, backend)
+		if err != nil {
+			failed = append(failed, Missing{Symbol: probeName(p.symbol, p.ret), Why: "attach: " + err.Error()})
+			continue
+		}
+		links[p.prog] = l
+		for _, sym := range syms {
+			points[p.prog] = append(points[p.prog], probeName(sym, p.ret))
+		}
+	}
+	for _, p := range probes {
+		l, ok := links[p.prog]
+		if !ok {
+			continue
+		}
+		if p.pair != "" && links[p.pair] == nil {
+			l.Close()
+			failed = append(failed, Missing{Symbol: probeName(p.symbol, p.ret), Why: whyPartner})
+			continue
+		}
+		s.links = append(s.links, l)
+		attached = append(attached, points[p.prog]...)
+	}
+	sort.Strings(attached)
+	return attached, failed
+}
+
+func attachOne(prog *ebpf.Program, syms []string, ret bool, backend string) (io.Closer, error) {
+	if backend == BackendKprobeMulti {
+		opts := link.KprobeMultiOptions{Symbols: syms}
+		if ret {
+			return link.KretprobeMulti(prog, opts)
+		}
+		return link.KprobeMulti(prog, opts)
+	}
+	var ls multiLink
+	for _, sym := range syms {
+		var l link.Link
+		var err error
+		if ret {
+			l, err = link.Kretprobe(sym, prog, nil)
+		} else {
+			l, err = link.Kprobe(sym, prog, nil)
+		}
+		if err != nil {
+			ls.Close()
+			return nil, err
+		}
+		ls = append(ls, l)
+	}
+	if len(ls) == 1 {
+		return ls[0], nil
+	}
+	return ls, nil
+}
+
+// multiLink is one program on several clones with single kprobes.
+type multiLink []io.Closer
+
+func (m multiLink) Close() error {
+	var errs []error
+	for _, l := range m {
+		errs = append(errs, l.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// Info reports what Open attached.
+func (s *Session) Info() Info { return s.info }
+
+// Close detaches everything; a blocked Read returns.
+func (s *Session) Close() error {
+	s.closeOnce.Do(func() {
+		var errs []error
+		if s.rd != nil {
+			errs = append(errs, s.rd.Close())
+		}
+		for _, l := range s.links {
+			errs = append(errs, l.Close())
+		}
+		if s.coll != nil {
+			s.coll.Close()
+		}
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}
+
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
+}

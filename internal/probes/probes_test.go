@@ -1,0 +1,196 @@
+package probes
+
+import (
+	"errors"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/klptop/klptop/internal/event"
+	"github.com/klptop/klptop/internal/ksym"
+)
+
+// handMadeFilterFunctions is a hand-made available_filter_functions text
+// shaped like Debian 6.1's: klp_start_transition has a .part.0 clone, and
+// klp_update_patch_state exists only as a clone here (made up, to test the
+// argument rule); klp_force_transition is absent.
+const handMadeFilterFunctions = `klp_enable_patch
+klp_init_transition
+klp_start_transition.part.0
+klp_start_transition
+klp_complete_transition
+klp_reverse_transition
+klp_cancel_transition.isra.0
+klp_try_complete_transition
+klp_check_and_switch_task
+klp_update_patch_state.constprop.0
+klp_copy_process
+klp_find_callback
+some_module_func [some_module]
+`
+
+func TestPlan(t *testing.T) {
+	avail, err := traceable(strings.NewReader(handMadeFilterFunctions))
+	if err != nil {
+		t.Fatal(err)
+	}
+	attach, missing := plan(avail)
+	want := map[string][]string{
+		"klp_enable_patch":                {"klp_enable_patch"},
+		"klp_init_transition":             {"klp_init_transition"},
+		"klp_start_transition":            {"klp_start_transition"},
+		"klp_complete_transition":         {"klp_complete_transition"},
+		"klp_reverse_transition":          {"klp_reverse_transition"},
+		"klp_cancel_transition":           {"klp_cancel_transition.isra.0"},
+		"klp_try_complete_transition":     {"klp_try_complete_transition"},
+		"klp_try_complete_transition_ret": {"klp_try_complete_transition"},
+		"klp_check_and_switch_task":       {"klp_check_and_switch_task"},
+		"klp_check_and_switch_task_ret":   {"klp_check_and_switch_task"},
+		"klp_copy_process":                {"klp_copy_process"},
+	}
+	if !reflect.DeepEqual(attach, want) {
+		t.Errorf("attach:\n%v\nwant\n%v", attach, want)
+	}
+	wantMissing := []Missing{
+		{"klp_force_transition", whyAbsent},
+		{"klp_update_patch_state", "only compiler clones traceable (klp_update_patch_state.constprop.0): their arguments may differ"},
+		{"klp_update_patch_state%return", "only compiler clones traceable (klp_update_patch_state.constprop.0): their arguments may differ"},
+	}
+	if !reflect.DeepEqual(missing, wantMissing) {
+		t.Errorf("missing:\n%v\nwant\n%v", missing, wantMissing)
+	}
+}
+
+func TestPlanCoversEveryProgram(t *testing.T) {
+	spec, err := loadKlptop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := map[string]bool{iterProg: true}
+	for _, p := range probes {
+		known[p.prog] = true
+		if spec.Programs[p.prog] == nil {
+			t.Errorf("probe %s has no program in the object", p.prog)
+		}
+	}
+	for name := range spec.Programs {
+		if !known[name] {
+			t.Errorf("program %s is never attached", name)
+		}
+	}
+}
+
+// The hand-written decoder must agree with the compiler's layout.
+func TestEventLayout(t *testing.T) {
+	spec, err := loadKlptop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	offsets := func(name string) (uint32, map[string]uint32) {
+		var s *btf.Struct
+		if err := spec.Types.TypeByName(name, &s); err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]uint32{}
+		for _, f := range s.Members {
+			m[f.Name] = f.Offset.Bytes()
+		}
+		return s.Size, m
+	}
+	size, off := offsets("event")
+	if size != eventSize {
+		t.Errorf("struct event is %d bytes, decoder says %d", size, eventSize)
+	}
+	for name, want := range map[string]uint32{"time": 0, "duration": 8, "type": 16, "cpu": 20,
+		"pid": 24, "tgid": 28, "ret": 32, "target": 36, "patch_state": 40, "pending": 44,
+		"checked": 48, "flags": 52, "path": 53, "comm": offComm, "patch": offPatch, "func": offFunc} {
+		if off[name] != want {
+			t.Errorf("event.%s at %d, decoder reads %d", name, off[name], want)
+		}
+	}
+	size, off = offsets("task_rec")
+	if size != taskRecSize || off["comm"] != 16 || off["stack_len"] != 12 || off["patch_state"] != 8 {
+		t.Errorf("task_rec: size %d, %v", size, off)
+	}
+}
+
+func TestDecodeEvent(t *testing.T) {
+	b := make([]byte, eventSize)
+	b[16] = 10 // EV_TASK_CHECK
+	b[24] = 42
+	copy(b[32:], []byte{0x9e, 0xff, 0xff, 0xff}) // -98
+	b[52] = flagWantStack
+	copy(b[offComm:], "kworker/0:1\x00")
+	copy(b[offPatch:], "test_klp_callbacks_demo")
+	copy(b[offFunc:], "busymod_work_func")
+	e, err := decodeEvent(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Type != event.TaskCheck || e.PID != 42 || e.Ret != -98 || e.Reason != event.ReasonSleeping ||
+		e.Func != "busymod_work_func" || e.Comm != "kworker/0:1" || e.Patch != "test_klp_callbacks_demo" || !e.wantStack {
+		t.Errorf("decoded %+v", e)
+	}
+	b[16] = 99
+	if _, err := decodeEvent(b); err == nil {
+		t.Error("unknown type accepted")
+	}
+}
+
+// On a kernel without livepatch, Open says so (or that it needs root).
+func TestOpenWithoutLivepatch(t *testing.T) {
+	if _, err := os.Stat("/sys/kernel/livepatch"); err == nil {
+		t.Skip("this kernel has livepatch")
+	}
+	_, err := Open(Options{})
+	if !errors.Is(err, ErrNoLivepatch) && !errors.Is(err, ErrNotRoot) {
+		t.Fatalf("Open: %v", err)
+	}
+}
+
+// The task iterator runs on any BPF-capable kernel: loaded alone (all kprobe
+// programs pruned), it must find this test's own thread group.
+func TestTaskIterator(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		t.Skip("no kernel BTF")
+	}
+	spec, err := loadKlptop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	coll, err := newCollection(spec, map[string]bool{iterProg: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coll.Close()
+	if len(coll.Programs) != 1 {
+		t.Fatalf("pruning left %d programs", len(coll.Programs))
+	}
+	evs, err := snapshotTasks(coll.Programs[iterProg], monotonicNow(), -1, ksym.New("/proc/kallsyms"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, hasPatchState := os.Stat("/proc/self/patch_state")
+	found := false
+	for _, e := range evs {
+		if e.TGID != os.Getpid() {
+			continue
+		}
+		found = true
+		if e.Type != event.TaskSnapshot || e.Comm == "" {
+			t.Errorf("own task: %+v", e)
+		}
+		if hasPatchState != nil && e.PatchState != event.StateUnknown {
+			t.Errorf("patch_state = %d on a kernel without it, want %d", e.PatchState, event.StateUnknown)
+		}
+	}
+	if !found {
+		t.Fatalf("own pid %d not among %d tasks", os.Getpid(), len(evs))
+	}
+}

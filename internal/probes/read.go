@@ -1,0 +1,89 @@
+package probes
+
+import (
+	"context"
+	"errors"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/klptop/klptop/internal/event"
+	"github.com/klptop/klptop/internal/sysfs"
+)
+
+// pollEvery bounds how late Read notices a cancelled context and reports
+// lost events. The deadline is set from the reading goroutine itself:
+// SetDeadline from another goroutine while ReadInto blocks deadlocks.
+const pollEvery = 200 * time.Millisecond
+
+// Read calls fn for every event until ctx is done (then it returns nil) or
+// the session is closed (nil too). fn runs on Read's goroutine.
+func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
+	var rec ringbuf.Record
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.rd.SetDeadline(time.Now().Add(pollEvery))
+		err := s.rd.ReadInto(&rec)
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			s.reportLost(fn)
+			continue
+		case errors.Is(err, ringbuf.ErrClosed):
+			return nil
+		case err != nil:
+			return err
+		}
+		raw, err := decodeEvent(rec.RawSample)
+		if err != nil {
+			continue // a newer object's record; skip rather than stop
+		}
+		fn(s.finish(raw))
+		if time.Since(s.lostChecked) >= pollEvery {
+			s.reportLost(fn)
+		}
+	}
+}
+
+// finish adds what the kernel side leaves to user space.
+func (s *Session) finish(raw rawEvent) event.Event {
+	e := raw.Event
+	switch e.Type {
+	case event.TaskCheck, event.TaskSwitch:
+	default:
+		e.PatchState = 0 // does not apply: left zero, as event.Event says
+	}
+	switch e.Type {
+	case event.PatchEnable:
+		// A new livepatch module: its functions are new stack frames.
+		_ = s.syms.Reload()
+	case event.TaskCheck:
+		// Kprobes hold no BTF task pointer, so bpf_get_task_stack() is out
+		// of reach there; the task is stuck, so its stack in /proc is the
+		// one the check saw. The idle tasks (pid 0) have no /proc entry.
+		if raw.wantStack && e.PID != 0 {
+			if st, err := sysfs.Stack(s.root, e.PID); err == nil {
+				e.Stack = st
+			}
+		}
+	}
+	return e
+}
+
+func (s *Session) reportLost(fn func(event.Event)) {
+	s.lostChecked = time.Now()
+	var perCPU []uint64
+	if err := s.coll.Maps["lost"].Lookup(uint32(0), &perCPU); err != nil {
+		return
+	}
+	var total uint64
+	for _, n := range perCPU {
+		total += n
+	}
+	if total > s.lostSeen {
+		fn(event.Event{Time: monotonicNow(), Type: event.Lost, Count: total - s.lostSeen})
+		s.lostSeen = total
+	}
+}

@@ -1,0 +1,80 @@
+package probes
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/klptop/klptop/internal/event"
+	"github.com/klptop/klptop/internal/ksym"
+	"github.com/klptop/klptop/internal/sysfs"
+)
+
+// Snapshot returns the state at this moment: the patches (sysfs, in
+// stacking order), every task's patch_state (BPF task iterator; with its
+// kernel stack while a transition waits for it), then SnapshotEnd.
+func (s *Session) Snapshot() ([]event.Event, error) {
+	now := monotonicNow()
+	var out []event.Event
+	patches, err := sysfs.Patches(s.root)
+	if err != nil {
+		return nil, fmt.Errorf("livepatch sysfs: %w", err)
+	}
+	target := -1
+	for i, p := range patches {
+		out = append(out, event.Event{
+			Time: now, Type: event.PatchSnapshot, Patch: p.Name,
+			Replace: p.Replace, Enabled: p.Enabled, InTransition: p.Transition,
+			Seq: i, Target: p.Target(),
+		})
+		if p.Transition {
+			target = p.Target()
+		}
+	}
+	tasks, err := snapshotTasks(s.coll.Programs[iterProg], now, target, s.syms)
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, tasks...)
+	out = append(out, event.Event{Time: now, Type: event.SnapshotEnd, Target: target})
+	return out, nil
+}
+
+// snapshotTasks runs the task iterator once: one TaskSnapshot per thread.
+func snapshotTasks(prog *ebpf.Program, now uint64, target int, syms *ksym.Table) ([]event.Event, error) {
+	if prog == nil {
+		return nil, fmt.Errorf("%w: task iterator not loaded", ErrNoBPF)
+	}
+	it, err := link.AttachIter(link.IterOptions{Program: prog})
+	if err != nil {
+		return nil, fmt.Errorf("%w: task iterator: %v", ErrNoBPF, err)
+	}
+	defer it.Close()
+	r, err := it.Open()
+	if err != nil {
+		return nil, fmt.Errorf("task iterator: %w", err)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("task iterator: %w", err)
+	}
+	recs, err := decodeTasks(b)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]event.Event, 0, len(recs))
+	for _, r := range recs {
+		e := event.Event{
+			Time: now, Type: event.TaskSnapshot, PID: r.pid, TGID: r.tgid,
+			Comm: r.comm, PatchState: r.patchState, Target: target,
+		}
+		for _, a := range r.stack {
+			e.Stack = append(e.Stack, syms.Frame(a))
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}

@@ -1,0 +1,159 @@
+package probes
+
+import (
+	"bufio"
+	"io"
+	"os"
+	"sort"
+	"strings"
+)
+
+// probe is one BPF program and the kernel function it goes on.
+type probe struct {
+	prog   string // program (C function) name in the collection
+	symbol string // kernel function, as in the source
+	ret    bool   // kretprobe
+	// args: the program reads the function's arguments. Compiler clones
+	// (.isra, .constprop, .part) may take different arguments or none, so
+	// such a probe only goes on the function itself.
+	args bool
+	// pair: the entry/return partner; one without the other is useless
+	// (or, for an entry, fills its hand-over map).
+	pair string
+}
+
+// probes lists every kprobe program. klp_ftrace_handler (notrace, and runs
+// on every call of every patched function) and the callback lookups (tens
+// of thousands of calls per transition) are left out on purpose.
+var probes = []probe{
+	{prog: "klp_enable_patch", symbol: "klp_enable_patch", args: true},
+	{prog: "klp_init_transition", symbol: "klp_init_transition", args: true},
+	{prog: "klp_start_transition", symbol: "klp_start_transition"},
+	{prog: "klp_complete_transition", symbol: "klp_complete_transition"},
+	{prog: "klp_reverse_transition", symbol: "klp_reverse_transition"},
+	{prog: "klp_cancel_transition", symbol: "klp_cancel_transition"},
+	{prog: "klp_force_transition", symbol: "klp_force_transition"},
+	{prog: "klp_try_complete_transition", symbol: "klp_try_complete_transition", pair: "klp_try_complete_transition_ret"},
+	{prog: "klp_try_complete_transition_ret", symbol: "klp_try_complete_transition", ret: true, pair: "klp_try_complete_transition"},
+	{prog: "klp_check_and_switch_task", symbol: "klp_check_and_switch_task", args: true, pair: "klp_check_and_switch_task_ret"},
+	{prog: "klp_check_and_switch_task_ret", symbol: "klp_check_and_switch_task", ret: true, args: true, pair: "klp_check_and_switch_task"},
+	{prog: "klp_update_patch_state", symbol: "klp_update_patch_state", args: true, pair: "klp_update_patch_state_ret"},
+	{prog: "klp_update_patch_state_ret", symbol: "klp_update_patch_state", ret: true, args: true, pair: "klp_update_patch_state"},
+	{prog: "klp_copy_process", symbol: "klp_copy_process", args: true},
+}
+
+// iterProg is the task iterator of the start-up snapshot.
+const iterProg = "snapshot_tasks"
+
+// Why texts of Missing.
+const (
+	whyAbsent    = "not in available_filter_functions (inlined?)"
+	whyCloneOnly = "only compiler clones traceable (%s): their arguments may differ"
+	whyPartner   = "its entry/return partner is missing"
+)
+
+// traceable reads available_filter_functions: one function per line, with
+// " [module]" for module functions.
+func traceable(r io.Reader) (map[string]bool, error) {
+	m := make(map[string]bool)
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) > 0 {
+			m[f[0]] = true
+		}
+	}
+	return m, sc.Err()
+}
+
+func traceableFile() (map[string]bool, string, error) {
+	var firstErr error
+	for _, dir := range tracefsDirs {
+		p := dir + "/available_filter_functions"
+		f, err := os.Open(p)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		defer f.Close()
+		m, err := traceable(f)
+		return m, p, err
+	}
+	return nil, "", firstErr
+}
+
+var tracefsDirs = []string{"/sys/kernel/tracing", "/sys/kernel/debug/tracing"}
+
+// clones returns the traceable compiler clones of fn ("fn.isra.0",
+// "fn.constprop.0", "fn.part.0", ...), sorted.
+func clones(avail map[string]bool, fn string) []string {
+	var out []string
+	for name := range avail {
+		if strings.HasPrefix(name, fn+".") && !strings.HasSuffix(name, ".cold") {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// plan maps each program to the kernel symbols it attaches to, and lists
+// the probes that cannot be placed.
+//
+// The function itself wins over its clones: every caller outside its
+// translation unit enters through it, and when a clone is also traceable it
+// is called from there (6.1: klp_start_transition calls
+// klp_start_transition.part.0), so probing both would report one call twice.
+// Clones are used only when the function itself is gone, and only by
+// probes that read no arguments.
+func plan(avail map[string]bool) (map[string][]string, []Missing) {
+	attach := make(map[string][]string)
+	why := make(map[string]string)
+	for _, p := range probes {
+		switch cl := clones(avail, p.symbol); {
+		case avail[p.symbol]:
+			attach[p.prog] = []string{p.symbol}
+		case len(cl) > 0 && !p.args:
+			attach[p.prog] = cl
+		case len(cl) > 0:
+			why[p.prog] = strings.Replace(whyCloneOnly, "%s", strings.Join(cl, ", "), 1)
+		default:
+			why[p.prog] = whyAbsent
+		}
+	}
+	for _, p := range probes {
+		if p.pair == "" {
+			continue
+		}
+		if _, ok := attach[p.prog]; ok {
+			if _, ok := attach[p.pair]; !ok {
+				delete(attach, p.prog)
+				why[p.prog] = whyPartner
+			}
+		}
+	}
+	var missing []Missing
+	seen := make(map[string]bool)
+	for _, p := range probes {
+		w, ok := why[p.prog]
+		if !ok {
+			continue
+		}
+		m := Missing{Symbol: probeName(p.symbol, p.ret), Why: w}
+		if !seen[m.Symbol] {
+			seen[m.Symbol] = true
+			missing = append(missing, m)
+		}
+	}
+	return attach, missing
+}
+
+// probeName names a probe point the way perf does: "fn" or "fn%return".
+func probeName(symbol string, ret bool) string {
+	if ret {
+		return symbol + "%return"
+	}
+	return symbol
+}
