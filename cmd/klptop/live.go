@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/klptop/klptop/internal/event"
+	"github.com/klptop/klptop/internal/trace"
+	"github.com/klptop/klptop/internal/ui"
+)
+
+func runLive(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("klptop", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	backend := fs.String("backend", "auto", "attach backend: auto, kprobe-multi, kprobe")
+	out := fs.String("o", "", "also record everything shown to `FILE`")
+	if err := fs.Parse(args); err != nil {
+		return fail(2, "%v", err)
+	}
+	if fs.NArg() > 0 {
+		return fail(2, "unknown command %q (see 'klptop help')", fs.Arg(0))
+	}
+	sess, err := openProbes(*backend)
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	info := sess.Info()
+
+	var w *trace.Writer
+	if *out != "" {
+		f, err := os.Create(*out)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if w, err = trace.NewWriter(f, header(info, nil)); err != nil {
+			return err
+		}
+		defer w.Flush()
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := make(chan event.Event, 4096)
+	emit := func(e event.Event) {
+		if w != nil {
+			w.Write(e)
+		}
+		select {
+		case events <- e:
+		case <-ctx.Done():
+		}
+	}
+	go func() {
+		defer close(events)
+		snap, err := sess.Snapshot()
+		if err != nil {
+			fmt.Fprintln(stderr, "klptop: snapshot:", oneLine(err.Error()))
+		}
+		for _, e := range snap {
+			emit(e)
+		}
+		sess.Read(ctx, emit)
+	}()
+	if w != nil {
+		go func() {
+			t := time.NewTicker(flushEvery)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					w.Flush()
+				}
+			}
+		}()
+	}
+	title := "live"
+	if h, err := os.Hostname(); err == nil {
+		title += ": " + h
+	}
+	return ui.Run(ctx, events, ui.Options{Title: title + " " + header(info, nil).Kernel, Notes: notes(info)})
+}

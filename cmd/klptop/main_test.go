@@ -1,0 +1,64 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runArgs(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := run(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestUsageErrorsAreOneLineWithStatus2(t *testing.T) {
+	for _, args := range [][]string{
+		{"bogus"},
+		{"record"},
+		{"record", "--no-such-flag", "-o", "x"},
+		{"--no-such-flag"},
+		{"live", "extra"},
+	} {
+		code, _, stderr := runArgs(args...)
+		if code != 2 {
+			t.Errorf("%q: exit %d, want 2", args, code)
+		}
+		last := strings.Split(strings.TrimSpace(stderr), "\n")
+		if !strings.HasPrefix(last[len(last)-1], "klptop: ") {
+			t.Errorf("%q: last stderr line %q", args, last[len(last)-1])
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, out, _ := runArgs("version")
+	if code != 0 || !strings.HasPrefix(out, "klptop ") {
+		t.Errorf("version: %d %q", code, out)
+	}
+}
+
+// On a kernel without livepatch (the development machine's), klptop must say
+// what is missing in one line and exit 2, and record must not clobber an
+// existing file. Where livepatch exists this is covered by the VM tests.
+func TestNoLivepatchHere(t *testing.T) {
+	if _, err := os.Stat("/sys/kernel/livepatch"); err == nil {
+		t.Skip("this kernel has livepatch; the VM tests cover it")
+	}
+	code, _, stderr := runArgs()
+	if code != 2 || strings.Count(stderr, "\n") != 1 ||
+		!(strings.Contains(stderr, "livepatch") || strings.Contains(stderr, "root")) {
+		t.Errorf("live: exit %d, stderr %q", code, stderr)
+	}
+	f := filepath.Join(t.TempDir(), "old.jsonl")
+	os.WriteFile(f, []byte("precious\n"), 0o644)
+	code, _, _ = runArgs("record", "-o", f, "--", "true")
+	if code != 2 {
+		t.Errorf("record: exit %d, want 2", code)
+	}
+	if b, _ := os.ReadFile(f); string(b) != "precious\n" {
+		t.Errorf("record clobbered an existing file: %q", b)
+	}
+}

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/klptop/klptop/internal/probes"
+	"github.com/klptop/klptop/internal/trace"
+)
+
+// openProbes turns the reasons klptop cannot watch this kernel into one line
+// that says what is missing and what to do, with exit status 2.
+func openProbes(backend string) (*probes.Session, error) {
+	s, err := probes.Open(probes.Options{Backend: backend})
+	switch {
+	case err == nil:
+		return s, nil
+	case errors.Is(err, probes.ErrNotRoot):
+		return nil, fail(2, "%v: run 'sudo klptop'", err)
+	case errors.Is(err, probes.ErrNoLivepatch):
+		return nil, fail(2, "%v: nothing to watch here; 'make demo' shows klptop on a real livepatch kernel in a guest", err)
+	case errors.Is(err, probes.ErrNoBPF):
+		return nil, fail(2, "%s", oneLine(err.Error()))
+	}
+	return nil, fmt.Errorf("open probes: %w", err)
+}
+
+// notes are the start-up lines: what attached, how, and what is not observable.
+func notes(info probes.Info) []string {
+	n := []string{fmt.Sprintf("%d probes attached (%s) in %s", len(info.Attached), info.Backend, info.AttachTime.Round(time.Millisecond))}
+	if len(info.Missing) > 0 {
+		var m []string
+		for _, x := range info.Missing {
+			m = append(m, x.Symbol+" ("+x.Why+")")
+		}
+		n = append(n, "not observable here: "+strings.Join(m, ", "))
+	}
+	return n
+}
+
+func header(info probes.Info, command []string) trace.Header {
+	h := trace.NewHeader()
+	h.Klptop = version
+	h.Kernel = info.Kernel
+	if h.Kernel == "" {
+		var u unix.Utsname
+		if unix.Uname(&u) == nil {
+			h.Kernel = unix.ByteSliceToString(u.Release[:])
+		}
+	}
+	h.Host, _ = os.Hostname()
+	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+		h.BootID = strings.TrimSpace(string(b))
+	}
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) == nil {
+		h.StartMono = uint64(ts.Nano())
+	}
+	h.StartWall = time.Now().UTC().Format(time.RFC3339Nano)
+	h.Backend = info.Backend
+	h.Attached = info.Attached
+	for _, m := range info.Missing {
+		h.Missing = append(h.Missing, trace.Missing{Symbol: m.Symbol, Why: m.Why})
+	}
+	h.Command = command
+	return h
+}
