@@ -1,0 +1,147 @@
+package export
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+type chromeTrace struct {
+	TraceEvents []struct {
+		Name string         `json:"name"`
+		Cat  string         `json:"cat"`
+		Ph   string         `json:"ph"`
+		Ts   float64        `json:"ts"`
+		Dur  float64        `json:"dur"`
+		Pid  int            `json:"pid"`
+		Tid  int            `json:"tid"`
+		S    string         `json:"s"`
+		Args map[string]any `json:"args"`
+	} `json:"traceEvents"`
+}
+
+func export(t *testing.T, name string) (chromeTrace, *Stats, error) {
+	t.Helper()
+	// The hand-made traces of the report's golden tests.
+	f, err := os.Open(filepath.Join("..", "report", "testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out bytes.Buffer
+	st, err := Perfetto(f, &out)
+	var ct chromeTrace
+	if jerr := json.Unmarshal(out.Bytes(), &ct); jerr != nil {
+		t.Fatalf("output does not parse: %v\n%s", jerr, out.String())
+	}
+	return ct, st, err
+}
+
+func TestPerfettoHandMadeStall(t *testing.T) {
+	ct, st, err := export(t, "hand-made-stall.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Transitions != 2 {
+		t.Errorf("transitions %d", st.Transitions)
+	}
+	var slices_, names []string
+	threads := map[[2]int]string{}
+	for _, e := range ct.TraceEvents {
+		switch e.Ph {
+		case "X":
+			slices_ = append(slices_, e.Cat+"|"+e.Name)
+		case "M":
+			if e.Name == "thread_name" || e.Name == "process_name" {
+				names = append(names, e.Args["name"].(string))
+				threads[[2]int{e.Pid, e.Tid}] = e.Args["name"].(string)
+			}
+		}
+	}
+	want := []string{
+		"sweep|sweep 1", "sweep|sweep 2", "sweep|sweep 3", "sweep|sweep 4",
+		"blocked|sleeping_on_func: busymod_work_func", "blocked|running",
+		"transition|livepatch_busy patching: complete",
+		"sweep|sweep 1", "transition|livepatch_busy unpatching: complete",
+	}
+	slices.Sort(want)
+	slices.Sort(slices_)
+	if !slices.Equal(slices_, want) {
+		t.Errorf("slices\n got %q\nwant %q", slices_, want)
+	}
+	for _, n := range []string{"#1 livepatch_busy patching", "#2 livepatch_busy unpatching", "transition", "kworker/1:2 (pid 57)"} {
+		if !slices.Contains(names, n) {
+			t.Errorf("no track named %q in %q", n, names)
+		}
+	}
+	for _, e := range ct.TraceEvents {
+		if e.Ph != "X" {
+			continue
+		}
+		if threads[[2]int{e.Pid, e.Tid}] == "" {
+			t.Errorf("slice %q on an unnamed track %d/%d", e.Name, e.Pid, e.Tid)
+		}
+		switch e.Name {
+		case "livepatch_busy patching: complete":
+			// init at +5.0001 s, complete at +8.0011 s, in microseconds.
+			if e.Ts != 5000100 || e.Dur != 3001000 || e.Pid != 1 {
+				t.Errorf("transition slice %+v", e)
+			}
+		case "running":
+			if e.Ts != 7001020 || e.Dur != 1000000 || threads[[2]int{e.Pid, e.Tid}] != "kworker/1:2 (pid 57)" {
+				t.Errorf("blocked slice %+v", e)
+			}
+		}
+	}
+}
+
+func TestPerfettoInstantsAndUnfinished(t *testing.T) {
+	ct, st, err := export(t, "hand-made-reverse-force-cancel.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inst []string
+	for _, e := range ct.TraceEvents {
+		if e.Ph == "i" {
+			inst = append(inst, e.Name)
+		}
+	}
+	if got := strings.Join(inst, ","); got != "cancel,reverse,force,lost 3 events" {
+		t.Errorf("instants %s", got)
+	}
+	if st.Lost != 3 {
+		t.Errorf("lost %d", st.Lost)
+	}
+
+	ct, _, err = export(t, "hand-made-unfinished.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var open int
+	for _, e := range ct.TraceEvents {
+		if e.Ph == "X" && e.Args["still_blocked_at_end"] == true {
+			open++
+		}
+		if e.Cat == "transition" && !strings.HasSuffix(e.Name, ": unfinished") {
+			t.Errorf("transition slice %q", e.Name)
+		}
+	}
+	if open != 1 {
+		t.Errorf("%d open blocked slices, want 1 (kworker; qemu-ga was never checked)", open)
+	}
+}
+
+func TestPerfettoCorruptStillValidJSON(t *testing.T) {
+	_, _, err := export(t, "hand-made-corrupt.jsonl")
+	if err == nil || !strings.Contains(err.Error(), "line 15 (byte ") {
+		t.Fatalf("err %v", err)
+	}
+	_, st, err := export(t, "hand-made-truncated.jsonl")
+	if err != nil || !st.Truncated {
+		t.Fatalf("truncated: err %v stats %+v", err, st)
+	}
+}
