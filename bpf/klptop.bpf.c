@@ -66,6 +66,7 @@ struct last_check {
 	__u32 pid;
 	__s32 ret;
 	__u64 func; /* klp_func.old_name: one pointer per patched function */
+	__u64 gen;  /* transition_gen: a new transition shows every stack again */
 };
 
 /* Per checked task, the outcome of its last failed check. */
@@ -83,6 +84,8 @@ struct {
  */
 char cur_patch[KLPTOP_PATCH_LEN];
 volatile __s32 cur_target = -1;
+/* Bumped by every init and reversal. */
+__u64 transition_gen;
 
 /* The sweep in progress (klp_try_complete_transition runs under klp_mutex). */
 __u64 sweep_start_ns;
@@ -151,6 +154,7 @@ int BPF_KPROBE(klp_init_transition, struct klp_patch *patch, int state)
 {
 	BPF_CORE_READ_STR_INTO(&cur_patch, patch, mod, name);
 	cur_target = state;
+	transition_gen++;
 	struct event *e = reserve(EV_TRANSITION_INIT);
 	if (!e)
 		return 0;
@@ -178,6 +182,7 @@ int BPF_KPROBE(klp_reverse_transition)
 	/* The kernel flips klp_target_state inside; report the new target. */
 	if (cur_target == 0 || cur_target == 1)
 		cur_target = !cur_target;
+	transition_gen++;
 	return emit_simple(EV_TRANSITION_REVERSE);
 }
 
@@ -267,8 +272,9 @@ int BPF_KRETPROBE(klp_check_and_switch_task_ret, long rc)
 		bpf_map_delete_elem(&last_checks, &key);
 	} else {
 		struct last_check *lc = bpf_map_lookup_elem(&last_checks, &key);
-		if (!lc || lc->pid != e->pid || lc->ret != ret || lc->func != (__u64)fn) {
-			struct last_check n = { .pid = e->pid, .ret = ret, .func = (__u64)fn };
+		__u64 gen = transition_gen;
+		if (!lc || lc->pid != e->pid || lc->ret != ret || lc->func != (__u64)fn || lc->gen != gen) {
+			struct last_check n = { .pid = e->pid, .ret = ret, .func = (__u64)fn, .gen = gen };
 			bpf_map_update_elem(&last_checks, &key, &n, BPF_ANY);
 			e->flags |= EVF_WANT_STACK;
 		}

@@ -24,6 +24,7 @@ type klptopLastCheck struct {
 	Pid  uint32
 	Ret  int32
 	Func uint64
+	Gen  uint64
 }
 
 type klptopTaskOut struct {
@@ -69,6 +70,7 @@ const (
 	klptopVarSweepChecked                 = "sweep_checked"
 	klptopVarSweepPending                 = "sweep_pending"
 	klptopVarSweepStartNs                 = "sweep_start_ns"
+	klptopVarTransitionGen                = "transition_gen"
 	klptopVarUnusedEvent                  = "unused_event"
 	klptopVarUnusedTaskRec                = "unused_task_rec"
 )
@@ -153,6 +155,7 @@ type klptopVariableSpecs struct {
 	SweepChecked  *ebpf.VariableSpec `ebpf:"sweep_checked"`
 	SweepPending  *ebpf.VariableSpec `ebpf:"sweep_pending"`
 	SweepStartNs  *ebpf.VariableSpec `ebpf:"sweep_start_ns"`
+	TransitionGen *ebpf.VariableSpec `ebpf:"transition_gen"`
 	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedTaskRec *ebpf.VariableSpec `ebpf:"unused_task_rec"`
 }
@@ -205,6 +208,7 @@ type klptopVariables struct {
 	SweepChecked  *ebpf.Variable `ebpf:"sweep_checked"`
 	SweepPending  *ebpf.Variable `ebpf:"sweep_pending"`
 	SweepStartNs  *ebpf.Variable `ebpf:"sweep_start_ns"`
+	TransitionGen *ebpf.Variable `ebpf:"transition_gen"`
 	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
 	UnusedTaskRec *ebpf.Variable `ebpf:"unused_task_rec"`
 }

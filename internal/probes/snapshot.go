@@ -71,8 +71,12 @@ func snapshotTasks(prog *ebpf.Program, now uint64, target int, syms *ksym.Table)
 			Time: now, Type: event.TaskSnapshot, PID: r.pid, TGID: r.tgid,
 			Comm: r.comm, PatchState: r.patchState, Target: target,
 		}
-		for _, a := range r.stack {
-			e.Stack = append(e.Stack, syms.Frame(a))
+		// The iterator sends stacks during any transition; a task already
+		// at the target does not hold it up.
+		if r.patchState != target {
+			for _, a := range r.stack {
+				e.Stack = append(e.Stack, syms.Frame(a))
+			}
 		}
 		out = append(out, e)
 	}
