@@ -28,6 +28,8 @@ type Reader struct {
 	Truncated bool
 	// Unknown counts events of types this reader does not know, skipped.
 	Unknown map[event.Type]int
+
+	dec decoder
 }
 
 // ErrNewerVersion is returned for a trace written by a newer major version.
@@ -61,6 +63,13 @@ func (tr *Reader) next() ([]byte, bool, error) {
 	var line []byte
 	for {
 		chunk, err := tr.br.ReadSlice('\n')
+		if err == nil && line == nil {
+			// The whole line is in the buffer: no copy. It is valid until the
+			// next read, and callers are done with it by then.
+			tr.line++
+			tr.offset += int64(len(chunk))
+			return chunk[:len(chunk)-1], true, nil
+		}
 		line = append(line, chunk...)
 		if len(line) > maxLine {
 			return nil, false, fmt.Errorf("line %d (byte %d): longer than %d bytes", tr.line+1, tr.offset, maxLine)
@@ -99,7 +108,7 @@ func (tr *Reader) Next() (event.Event, error) {
 			continue
 		}
 		var e event.Event
-		if err := json.Unmarshal(b, &e); err != nil {
+		if err := tr.dec.decode(b, &e); err != nil {
 			if !complete {
 				tr.Truncated = true
 				return event.Event{}, io.EOF
