@@ -141,7 +141,7 @@ func (s *scanner) intField(lo int64, hi uint64) (int64, bool) {
 		return 0, false
 	}
 	if neg {
-		return -int64(v - 1) - 1, true
+		return -int64(v-1) - 1, true
 	}
 	return int64(v), true
 }
