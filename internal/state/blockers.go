@@ -37,6 +37,14 @@ type Blocker struct {
 	segStart    uint64 // start of the open Segment
 }
 
+// addBlocked closes the pending period at at; it saturates rather than wrap.
+func (b *Blocker) addBlocked(at uint64) {
+	if at > b.pendingFrom {
+		d := at - b.pendingFrom
+		b.Blocked += min(d, 1<<64-1-b.Blocked)
+	}
+}
+
 // Segment is a stretch of time over which a task was blocked for one reason
 // (and function): from the first failed check that gave it, to the check
 // that gave another, its switch, or the end.
@@ -95,10 +103,13 @@ func (k *Tracker) Apply(e event.Event) *Ended {
 	}
 	s := k.S
 	endLost := e.Type == event.TransitionInit && s.Transition != nil
+	// Times come from State's clock, which never goes back: a reordered or
+	// corrupt trace must not make a blocker's durations wrap.
+	now := max(e.Time, s.Now)
 	if k.cur != nil && e.Type == event.TransitionReverse {
 		// The tasks still pending are at the new target once the target
 		// flips: their pending period ends here, though they did not switch.
-		k.closeAll(e.Time, PathReverse)
+		k.closeAll(now, PathReverse)
 	}
 	s.Apply(e)
 
@@ -116,18 +127,18 @@ func (k *Tracker) Apply(e event.Event) *Ended {
 	}
 	switch e.Type {
 	case event.TaskCheck:
-		k.check(e)
+		k.check(e, now)
 	case event.TaskSwitch:
 		if b := k.blockers[Key(e)]; b != nil && e.PatchState == k.cur.Target {
-			k.switched(b, e.Time, e.Path)
+			k.switched(b, now, e.Path)
 		}
 	case event.TransitionForce:
-		k.closeAll(e.Time, event.PathForce)
+		k.closeAll(now, event.PathForce)
 	}
 	return ended
 }
 
-func (k *Tracker) check(e event.Event) {
+func (k *Tracker) check(e event.Event, now uint64) {
 	key := Key(e)
 	t := k.S.Tasks[key]
 	b := k.blockers[key]
@@ -136,7 +147,7 @@ func (k *Tracker) check(e event.Event) {
 	}
 	if t.PatchState == k.cur.Target || !participates(t.PatchState) {
 		if b != nil && t.SwitchedAt == e.Time {
-			k.switched(b, e.Time, t.SwitchPath)
+			k.switched(b, now, t.SwitchPath)
 		}
 		return
 	}
@@ -149,19 +160,19 @@ func (k *Tracker) check(e event.Event) {
 		b.Stack = t.Stack
 	}
 	if b.Checks == 0 {
-		b.FirstCheck = e.Time
+		b.FirstCheck = now
 	}
 	if !b.open {
 		b.open = true
-		b.pendingFrom = min(t.PendingSince, e.Time)
+		b.pendingFrom = min(t.PendingSince, now)
 		b.SwitchedAt, b.SwitchPath = 0, ""
-		b.segStart = e.Time
+		b.segStart = now
 	} else if t.Reason != b.Reason || t.Func != b.Func {
-		k.segment(b, e.Time, false)
-		b.segStart = e.Time
+		k.segment(b, now, false)
+		b.segStart = now
 	}
 	b.Reason, b.Func = t.Reason, t.Func
-	b.LastCheck = e.Time
+	b.LastCheck = now
 	b.Checks++
 }
 
@@ -178,9 +189,7 @@ func (k *Tracker) switched(b *Blocker, at uint64, path string) {
 	}
 	k.segment(b, at, false)
 	b.open = false
-	if at > b.pendingFrom {
-		b.Blocked += at - b.pendingFrom
-	}
+	b.addBlocked(at)
 	b.SwitchedAt, b.SwitchPath = at, path
 }
 
@@ -202,9 +211,7 @@ func (k *Tracker) end(tr *Transition, at uint64, unfinished bool) *Ended {
 	for _, b := range k.blockers {
 		if b.open {
 			k.segment(b, at, true)
-			if at > b.pendingFrom {
-				b.Blocked += at - b.pendingFrom
-			}
+			b.addBlocked(at)
 			b.open = false
 		}
 		out.Blockers = append(out.Blockers, b)

@@ -1,0 +1,154 @@
+package report
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/klptop/klptop/internal/state"
+	"github.com/klptop/klptop/internal/trace"
+)
+
+func genBytes(tb testing.TB, size int64) ([]byte, int64) {
+	g := newGenTrace(size)
+	data, err := io.ReadAll(g)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return data, g.events
+}
+
+func TestGenTraceIsReadable(t *testing.T) {
+	data, n := genBytes(t, 2<<20)
+	var out bytes.Buffer
+	sum, err := Run(bytes.NewReader(data), &out, Options{})
+	if err != nil || ExitStatus(sum, err) != 0 {
+		t.Fatalf("err %v summary %+v", err, sum)
+	}
+	if int64(sum.Events) != n || sum.Transitions < 10 || sum.Stalls == 0 || sum.Outcomes["complete"] != sum.Transitions {
+		t.Fatalf("summary %+v, generated %d events", sum, n)
+	}
+}
+
+// BenchmarkReadFold: read and fold into the state, the path every
+// consumer of a trace (replay, report, export) takes.
+func BenchmarkReadFold(b *testing.B) {
+	data, n := genBytes(b, 32<<20)
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		tr, err := trace.NewReader(bytes.NewReader(data))
+		if err != nil {
+			b.Fatal(err)
+		}
+		s := state.New()
+		for {
+			e, err := tr.Next()
+			if err != nil {
+				break
+			}
+			s.Apply(e)
+		}
+	}
+	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+// BenchmarkReport: the whole report, blockers and text output included.
+func BenchmarkReport(b *testing.B) {
+	data, n := genBytes(b, 32<<20)
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := Run(bytes.NewReader(data), io.Discard, Options{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+// heapWatch samples the heap while a report runs: the peak of HeapInuse is
+// what streaming must keep flat.
+func heapWatch() (stop func() uint64) {
+	var peak atomic.Uint64
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	return func() uint64 { close(done); wg.Wait(); return peak.Load() }
+}
+
+// vmHWM is the process's peak resident set, from /proc/self/status.
+func vmHWM() uint64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+const maxHeap = 64 << 20
+
+func TestReportHeapFlat(t *testing.T) {
+	size := int64(128 << 20)
+	if testing.Short() {
+		size = 16 << 20
+	}
+	stop := heapWatch()
+	sum, err := Run(newGenTrace(size), io.Discard, Options{JSON: true})
+	peak := stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d events, peak heap in use %.1f MiB", sum.Events, float64(peak)/(1<<20))
+	if peak > maxHeap {
+		t.Fatalf("peak heap %d MiB streaming %d MiB of trace", peak>>20, size>>20)
+	}
+}
+
+// BenchmarkReport1GB streams a 1 GiB trace, made on the fly, through the
+// report; it reports the peak heap and the process's peak RSS (VmHWM, which
+// also counts whatever ran before it in this process: run it alone with
+// -bench Report1GB for the figure).
+func BenchmarkReport1GB(b *testing.B) {
+	for b.Loop() {
+		g := newGenTrace(1 << 30)
+		stop := heapWatch()
+		start := time.Now()
+		sum, err := Run(g, io.Discard, Options{})
+		peak := stop()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(peak)/(1<<20), "MiB-heap-peak")
+		b.ReportMetric(float64(vmHWM())/(1<<20), "MiB-RSS-peak")
+		b.ReportMetric(float64(sum.Events)/time.Since(start).Seconds(), "events/s")
+		if peak > maxHeap {
+			b.Fatalf("peak heap %d MiB", peak>>20)
+		}
+	}
+}
