@@ -49,10 +49,12 @@ type Transition struct {
 	// Reverses says how often it turned round.
 	Direction string `json:"direction"`
 	Start     Time   `json:"start"`
-	// End is nil while the transition is unfinished.
-	End        *Time  `json:"end"`
-	DurationNs uint64 `json:"duration_ns"`
-	Outcome    string `json:"outcome"`
+	// End is nil while the transition is unfinished. EndIsUpperBound: the
+	// end was not recorded and End is when the next transition began.
+	End             *Time  `json:"end"`
+	EndIsUpperBound bool   `json:"end_is_upper_bound,omitempty"`
+	DurationNs      uint64 `json:"duration_ns"`
+	Outcome         string `json:"outcome"`
 	// Note explains an outcome the trace cannot pin down.
 	Note     string `json:"note,omitempty"`
 	Sweeps   int    `json:"sweeps"`
@@ -294,6 +296,7 @@ func (b *builder) transition(en *state.Ended, sum *Summary) *Transition {
 		t.Note = "its end was not recorded (events lost?) before the next transition began"
 		t.DurationNs = uint64(st.Elapsed(st.End))
 		t.End = b.timep(st.End)
+		t.EndIsUpperBound = true
 	default:
 		x := b.time(end)
 		t.End = &x

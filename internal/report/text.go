@@ -131,7 +131,9 @@ func (s *textSink) transition(t *Transition) error {
 		start += "  (started before the recording: at or before)"
 	}
 	s.printf("    start   %s\n", start)
-	if t.End != nil {
+	if t.End != nil && t.EndIsUpperBound {
+		s.printf("    end     %s  (at the latest)\n", when(t.End))
+	} else if t.End != nil {
 		s.printf("    end     %s\n", when(t.End))
 	} else {
 		s.printf("    end     - (still running when the trace ends)\n")
