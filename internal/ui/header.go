@@ -13,7 +13,7 @@ func renderHeader(th Theme, opts Options, s *state.State, closed bool, width int
 		title += "  " + opts.Title
 	}
 	var status []string
-	if !s.SnapshotDone && s.Now == 0 && !closed {
+	if !s.SnapshotDone && s.Now == 0 && !closed && !opts.replay {
 		status = append(status, th.Subtle.Render("waiting for events"))
 	}
 	if s.Lost > 0 {

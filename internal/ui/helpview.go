@@ -13,7 +13,7 @@ func (m Model) helpView() string {
 	if m.under == viewStack {
 		keys = m.fullHelp(m.stackKeys.FullHelp())
 	} else {
-		keys = m.fullHelp(m.keys.FullHelp())
+		keys = m.fullHelp(m.mainKeyMap().FullHelp())
 	}
 	th := m.theme
 	text := []string{
@@ -32,6 +32,10 @@ func (m Model) helpView() string {
 		"  sleeping on F      F, a function the patch replaces, is on its stack",
 		"",
 		"  patch_state: -1 idle, 0 unpatched, 1 patched.",
+	}
+	if m.replay != nil {
+		text = append(text, "")
+		text = append(text, replayHelp(th)...)
 	}
 	return strings.Join(text, "\n")
 }

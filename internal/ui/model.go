@@ -30,6 +30,9 @@ type Options struct {
 	Clock Clock
 	// EndNote replaces the default note shown once the event channel closes.
 	EndNote string
+
+	// replay: events come from a recording, never "waited for".
+	replay bool
 }
 
 type view int
@@ -73,6 +76,10 @@ type Model struct {
 	transition transitionView
 	tasks      tasksView
 	stack      stackView
+
+	// replay is nil in live mode; see NewReplay.
+	replay     *Replay
+	replayKeys replayKeys
 }
 
 // New returns the root model reading events from ch; a nil ch shows an
@@ -108,7 +115,7 @@ func (m Model) State() *state.State { return m.st }
 
 // Init starts reading events and the once-a-second clock.
 func (m Model) Init() tea.Cmd {
-	return tea.Batch(waitEvents(m.events), tick())
+	return tea.Batch(waitEvents(m.events), tick(), m.replayInit())
 }
 
 func tick() tea.Cmd {
@@ -171,7 +178,13 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		}
 	case tickMsg:
 		cmd = tick()
+	case replayTickMsg:
+		cmd = m.replayTick(msg)
 	case tea.KeyPressMsg:
+		if c, ok := m.replayKey(msg); ok {
+			cmd = c
+			break
+		}
 		var quit bool
 		m, quit = m.handleKey(msg)
 		if quit {
@@ -236,9 +249,14 @@ func (m Model) top() string {
 	now := m.now()
 	parts := []string{
 		renderHeader(m.theme, m.opts, m.st, m.closed, m.width),
+	}
+	if m.replay != nil {
+		parts = append(parts, m.replay.view(m.theme, m.width))
+	}
+	parts = append(parts,
 		renderPatches(m.theme, m.st, m.width, m.patchRows()),
 		m.transition.view(m.theme, m.st, now, m.width),
-	}
+	)
 	return strings.Join(parts, "\n\n")
 }
 
@@ -272,7 +290,7 @@ func (m Model) View() tea.View {
 		footer = m.help.View(m.helpKeys)
 	default:
 		body = m.top() + "\n\n" + m.tasks.view(m.theme, m.st, m.width)
-		footer = m.help.View(m.keys)
+		footer = m.help.View(m.mainKeyMap())
 	}
 	body = fit(body, m.width, m.height-1)
 	if pad := m.height - 1 - lipgloss.Height(body); pad > 0 {
