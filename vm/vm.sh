@@ -180,6 +180,9 @@ build_base() {
 	# tmux needs a terminfo entry for its own TERM (screen) and the client's.
 	mkdir -p "$root/usr/share/terminfo"
 	cp -r /lib/terminfo/. "$root/usr/share/terminfo/"
+	# and a UTF-8 locale, or it refuses to start.
+	mkdir -p "$root/usr/lib/locale"
+	cp -r /usr/lib/locale/C.utf8 "$root/usr/lib/locale/"
 	echo 'root:x:0:0:root:/root:/bin/sh' > "$root/etc/passwd"
 	echo 'root:x:0:' > "$root/etc/group"
 

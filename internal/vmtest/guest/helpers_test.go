@@ -1,0 +1,357 @@
+//go:build guest
+
+package guest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/klptop/klptop/internal/event"
+	"github.com/klptop/klptop/internal/trace"
+)
+
+// monoNow is CLOCK_MONOTONIC in ns: the clock of every event's Time.
+func monoNow(t *testing.T) uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	return uint64(ts.Nano())
+}
+
+func needKlptop(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(klptopBin); err != nil {
+		t.Fatalf("no klptop in the guest (%v): the harness builds it from ./cmd/klptop", err)
+	}
+}
+
+// recording is one `klptop record -- sh SCRIPT` run.
+type recording struct {
+	path   string // the trace, under outDir so that the host gets it
+	header trace.Header
+	events []event.Event
+}
+
+// startRecord starts `klptop record -o TRACE -- sh -c SCRIPT` and returns a
+// function that waits for it and reads the trace. klptop's own output goes
+// next to the trace.
+func startRecord(t *testing.T, name, script string) func() *recording {
+	t.Helper()
+	needKlptop(t)
+	dir := filepath.Join(outDir, "traces")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, name+".ndjson")
+	logf, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	cmd := exec.CommandContext(ctx, klptopBin, "record", "-o", path, "--", "sh", "-c", script)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGINT) }
+	cmd.WaitDelay = 10 * time.Second
+	if err := cmd.Start(); err != nil {
+		cancel()
+		logf.Close()
+		t.Fatal(err)
+	}
+	done := false
+	t.Cleanup(func() {
+		if !done {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			cancel()
+			logf.Close()
+		}
+	})
+	return func() *recording {
+		t.Helper()
+		err := cmd.Wait()
+		done = true
+		cancel()
+		logf.Close()
+		out, _ := os.ReadFile(logf.Name())
+		if err != nil {
+			t.Fatalf("klptop record: %v\n%s", err, out)
+		}
+		t.Logf("klptop record output:\n%s", out)
+		return readTrace(t, path)
+	}
+}
+
+func readTrace(t *testing.T, path string) *recording {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := trace.NewReader(f)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	rec := &recording{path: path, header: r.Header}
+	for {
+		e, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		rec.events = append(rec.events, e)
+	}
+	if r.Truncated {
+		t.Errorf("%s: last line cut off: klptop did not finish writing", path)
+	}
+	counts := map[event.Type]int{}
+	for _, e := range rec.events {
+		counts[e.Type]++
+	}
+	t.Logf("%s: %d events %v; attached %d probes, missing %v", filepath.Base(path), len(rec.events), counts, len(rec.header.Attached), rec.header.Missing)
+	return rec
+}
+
+// milestones are the transition-level events, in trace order, and their
+// positions in the trace.
+func (r *recording) milestones() ([]event.Event, []int) {
+	var out []event.Event
+	var idx []int
+	for i, e := range r.events {
+		switch e.Type {
+		case event.TransitionInit, event.TransitionStart, event.TransitionComplete,
+			event.TransitionReverse, event.TransitionCancel, event.TransitionForce:
+			out = append(out, e)
+			idx = append(idx, i)
+		}
+	}
+	return out, idx
+}
+
+// kmsg is one record of the kernel log.
+type kmsg struct {
+	seq  uint64
+	usec uint64 // local_clock(), not quite CLOCK_MONOTONIC
+	msg  string
+}
+
+// readKmsg returns the kernel log records after seq (0: all of them).
+// /dev/kmsg gives one record per read and EAGAIN at the end.
+func readKmsg(t *testing.T, after uint64) []kmsg {
+	t.Helper()
+	fd, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	var out []kmsg
+	buf := make([]byte, 8192)
+	for {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EPIPE { // overwritten while reading: go on
+			continue
+		}
+		if err == unix.EAGAIN || n <= 0 {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		head, msg, ok := strings.Cut(string(buf[:n]), ";")
+		if !ok {
+			continue
+		}
+		f := strings.Split(head, ",")
+		if len(f) < 3 {
+			continue
+		}
+		seq, _ := strconv.ParseUint(f[1], 10, 64)
+		usec, _ := strconv.ParseUint(f[2], 10, 64)
+		if seq <= after && after != 0 {
+			continue
+		}
+		msg, _, _ = strings.Cut(msg, "\n") // continuation lines are " KEY=value"
+		out = append(out, kmsg{seq, usec, msg})
+	}
+	return out
+}
+
+func kmsgMark(t *testing.T) uint64 {
+	recs := readKmsg(t, 0)
+	if len(recs) == 0 {
+		return 0
+	}
+	return recs[len(recs)-1].seq
+}
+
+// transitionLine is what the kernel says about a transition, or what a trace
+// says, in the same terms: "start patching" etc.
+type transitionLine struct {
+	what  string // "start" or "complete"
+	dir   string // "patching" or "unpatching"
+	patch string
+	t     uint64 // ns
+}
+
+func (l transitionLine) String() string {
+	return fmt.Sprintf("%s %s %s @%.3fs", l.patch, l.what, l.dir, float64(l.t)/1e9)
+}
+
+var kmsgTransitionRE = regexp.MustCompile(`^livepatch: '([^']+)': (?:starting (patching|unpatching) transition|(patching|unpatching) complete)$`)
+
+func kernelTransitions(recs []kmsg) []transitionLine {
+	var out []transitionLine
+	for _, r := range recs {
+		m := kmsgTransitionRE.FindStringSubmatch(r.msg)
+		if m == nil {
+			continue
+		}
+		l := transitionLine{patch: m[1], t: r.usec * 1000}
+		if m[2] != "" {
+			l.what, l.dir = "start", m[2]
+		} else {
+			l.what, l.dir = "complete", m[3]
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+func dirName(target int) string {
+	if target == event.StateUnpatched {
+		return "unpatching"
+	}
+	return "patching"
+}
+
+// traceTransitions turns the trace's starts and completions into the lines
+// the kernel prints for them. A reverse flips the direction the completion
+// reports, as the kernel's klp_target_state flips.
+func traceTransitions(evs []event.Event) []transitionLine {
+	var out []transitionLine
+	target, patch := event.StatePatched, ""
+	for _, e := range evs {
+		switch e.Type {
+		case event.TransitionInit:
+			target = e.Target
+			if e.Patch != "" {
+				patch = e.Patch
+			}
+		case event.TransitionReverse:
+			target = e.Target
+		case event.TransitionStart:
+			out = append(out, transitionLine{what: "start", dir: dirName(target), patch: pick(e.Patch, patch), t: e.Time})
+		case event.TransitionComplete:
+			out = append(out, transitionLine{what: "complete", dir: dirName(target), patch: pick(e.Patch, patch), t: e.Time})
+		}
+	}
+	return out
+}
+
+func pick(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// checkAgainstKernelLog matches the trace's transitions one for one with the
+// kernel's own log lines, in order.
+func checkAgainstKernelLog(t *testing.T, rec *recording, recs []kmsg) {
+	t.Helper()
+	klog := kernelTransitions(recs)
+	tr := traceTransitions(rec.events)
+	if len(klog) == 0 {
+		t.Fatalf("no livepatch transition lines in the kernel log")
+	}
+	if len(klog) != len(tr) {
+		t.Errorf("kernel log has %d transition lines, the trace %d\nkernel: %v\ntrace:  %v", len(klog), len(tr), klog, tr)
+	}
+	for i := 0; i < min(len(klog), len(tr)); i++ {
+		k, e := klog[i], tr[i]
+		if k.what != e.what || k.dir != e.dir || (e.patch != "" && k.patch != e.patch) {
+			t.Errorf("transition %d: kernel says %v, trace says %v", i, k, e)
+		}
+		// The kernel log's clock is local_clock(), close to but not exactly
+		// CLOCK_MONOTONIC, and the kernel prints after the probed call (an
+		// unpatching completes after synchronize_rcu): only a gross difference
+		// is an error.
+		d := time.Duration(int64(k.t) - int64(e.t))
+		t.Logf("%-45v trace %-45v kernel-trace %v", k, e, d)
+		if d < -time.Second || d > 5*time.Second {
+			t.Errorf("transition %d: kernel log and trace %v apart", i, d)
+		}
+	}
+}
+
+// checkNonDecreasing: events that cause one another (the milestones of a
+// transition) must not go back in time, whichever CPU recorded them.
+func checkNonDecreasing(t *testing.T, evs []event.Event) {
+	t.Helper()
+	for i := 1; i < len(evs); i++ {
+		if evs[i].Time < evs[i-1].Time {
+			t.Errorf("time goes back: %v then %v", evs[i-1], evs[i])
+		}
+	}
+}
+
+// procTasks returns every task's (thread's) patch_state from /proc.
+func procTasks() map[int]int {
+	out := map[int]int{}
+	tasks, _ := filepath.Glob("/proc/[0-9]*/task/[0-9]*")
+	for _, d := range tasks {
+		b, err := os.ReadFile(d + "/patch_state")
+		if err != nil {
+			continue // exited meanwhile
+		}
+		tid, _ := strconv.Atoi(filepath.Base(d))
+		ps, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err == nil {
+			out[tid] = ps
+		}
+	}
+	return out
+}
+
+// tasksWithFunc returns the tasks whose kernel stack holds fn.
+func tasksWithFunc(fn string) []int {
+	var out []int
+	tasks, _ := filepath.Glob("/proc/[0-9]*/task/[0-9]*")
+	for _, d := range tasks {
+		b, err := os.ReadFile(d + "/stack")
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), " "+fn+"+") {
+				tid, _ := strconv.Atoi(filepath.Base(d))
+				out = append(out, tid)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func comm(pid int) string {
+	return readAttr(fmt.Sprintf("/proc/%d/comm", pid))
+}
