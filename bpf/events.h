@@ -31,6 +31,7 @@ enum klptop_path {
 	PATH_USER,
 	PATH_IDLE,
 	PATH_FORK,
+	PATH_SCHED,
 };
 
 /* flags */

@@ -87,7 +87,11 @@ volatile __s32 cur_target = -1;
 /* Bumped by every init and reversal. */
 __u64 transition_gen;
 
+/* Set by user space when klp_try_complete_transition is probed: only then is sweep_task known. */
+volatile const bool sweep_probed = false;
+
 /* The sweep in progress (klp_try_complete_transition runs under klp_mutex). */
+__u64 sweep_task; /* task_struct running it */
 __u64 sweep_start_ns;
 __u32 sweep_pending;
 __u32 sweep_checked;
@@ -201,6 +205,7 @@ int BPF_KPROBE(klp_force_transition)
 SEC("kprobe/klp_try_complete_transition")
 int BPF_KPROBE(klp_try_complete_transition)
 {
+	sweep_task = bpf_get_current_task();
 	sweep_start_ns = bpf_ktime_get_ns();
 	sweep_pending = 0;
 	sweep_checked = 0;
@@ -219,6 +224,7 @@ int BPF_KRETPROBE(klp_try_complete_transition_ret)
 	e->pending = sweep_pending;
 	e->checked = sweep_checked;
 	sweep_start_ns = 0;
+	sweep_task = 0;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
@@ -245,6 +251,25 @@ int BPF_KRETPROBE(klp_check_and_switch_task_ret, long rc)
 
 	/* int in %eax: the upper half of %rax is not defined. */
 	__s32 ret = (__s32)rc;
+
+	/*
+	 * Not from a sweep: a task checking itself from cond_resched() or
+	 * __schedule() (__klp_sched_try_switch, 6.4+). That retries on every
+	 * reschedule, so only a success is news.
+	 */
+	if (sweep_probed && bpf_get_current_task() != sweep_task) {
+		if (ret != 0)
+			return 0;
+		struct event *e = reserve(EV_TASK_SWITCH);
+		if (!e)
+			return 0;
+		fill_task(e, task);
+		e->patch_state = task_patch_state(task);
+		e->path = PATH_SCHED;
+		bpf_ringbuf_submit(e, 0);
+		return 0;
+	}
+
 	sweep_checked++;
 	if (ret)
 		sweep_pending++;

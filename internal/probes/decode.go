@@ -38,7 +38,7 @@ var eventTypes = [...]event.Type{
 }
 
 // enum klptop_path
-var paths = [...]string{0: "", 1: event.PathUser, 2: event.PathIdle, 3: event.PathFork}
+var paths = [...]string{0: "", 1: event.PathUser, 2: event.PathIdle, 3: event.PathFork, 4: event.PathSched}
 
 const (
 	flagReplace   = 0x1

@@ -69,7 +69,9 @@ const (
 	klptopVarCurTarget                    = "cur_target"
 	klptopVarSweepChecked                 = "sweep_checked"
 	klptopVarSweepPending                 = "sweep_pending"
+	klptopVarSweepProbed                  = "sweep_probed"
 	klptopVarSweepStartNs                 = "sweep_start_ns"
+	klptopVarSweepTask                    = "sweep_task"
 	klptopVarTransitionGen                = "transition_gen"
 	klptopVarUnusedEvent                  = "unused_event"
 	klptopVarUnusedTaskRec                = "unused_task_rec"
@@ -154,7 +156,9 @@ type klptopVariableSpecs struct {
 	CurTarget     *ebpf.VariableSpec `ebpf:"cur_target"`
 	SweepChecked  *ebpf.VariableSpec `ebpf:"sweep_checked"`
 	SweepPending  *ebpf.VariableSpec `ebpf:"sweep_pending"`
+	SweepProbed   *ebpf.VariableSpec `ebpf:"sweep_probed"`
 	SweepStartNs  *ebpf.VariableSpec `ebpf:"sweep_start_ns"`
+	SweepTask     *ebpf.VariableSpec `ebpf:"sweep_task"`
 	TransitionGen *ebpf.VariableSpec `ebpf:"transition_gen"`
 	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedTaskRec *ebpf.VariableSpec `ebpf:"unused_task_rec"`
@@ -207,7 +211,9 @@ type klptopVariables struct {
 	CurTarget     *ebpf.Variable `ebpf:"cur_target"`
 	SweepChecked  *ebpf.Variable `ebpf:"sweep_checked"`
 	SweepPending  *ebpf.Variable `ebpf:"sweep_pending"`
+	SweepProbed   *ebpf.Variable `ebpf:"sweep_probed"`
 	SweepStartNs  *ebpf.Variable `ebpf:"sweep_start_ns"`
+	SweepTask     *ebpf.Variable `ebpf:"sweep_task"`
 	TransitionGen *ebpf.Variable `ebpf:"transition_gen"`
 	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
 	UnusedTaskRec *ebpf.Variable `ebpf:"unused_task_rec"`

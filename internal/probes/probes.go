@@ -103,6 +103,10 @@ func Open(opts Options) (*Session, error) {
 	if err := seedTransition(spec, root); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
+	_, sweep := attach["klp_try_complete_transition"]
+	if err := spec.Variables["sweep_probed"].Set(sweep); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
+	}
 	keep := map[string]bool{iterProg: true}
 	for prog := range attach {
 		keep[prog] = true
