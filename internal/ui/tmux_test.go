@@ -20,6 +20,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(demoEnv) == "1" {
 		os.Exit(runDemo())
 	}
+	if p := os.Getenv(replayDemoEnv); p != "" {
+		os.Exit(runReplayDemo(p))
+	}
 	os.Exit(m.Run())
 }
 
