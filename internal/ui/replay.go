@@ -1,8 +1,10 @@
 package ui
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 	"time"
@@ -112,6 +114,9 @@ func OpenReplay(path string, o ReplayOptions) (*Replay, error) {
 		r.speed = Speed1x
 	}
 	if err := r.index(); err != nil {
+		if errors.As(err, new(*fs.PathError)) {
+			return nil, err // names the path already
+		}
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	f, err := os.Open(path)

@@ -454,3 +454,41 @@ func TestParseSpeed(t *testing.T) {
 		t.Error("2 accepted")
 	}
 }
+
+// BenchmarkReplaySeekBack: going back re-reads and re-folds from the start;
+// it must stay well under a second for a recording of a long stall.
+func BenchmarkReplaySeekBack(b *testing.B) {
+	const tasks, sweeps = 1000, 100
+	evs := []event.Event{{Time: 1000 * sec, Type: event.TransitionInit, Patch: "p", Target: 1}}
+	for s := range sweeps {
+		ts := 1001*sec + uint64(s)*sec
+		evs = append(evs, event.Event{Time: ts, Type: event.SweepStart})
+		for pid := range tasks {
+			evs = append(evs, event.Event{Time: ts, Type: event.TaskCheck, PID: pid + 1, Comm: "t",
+				Reason: event.ReasonSleeping, Ret: -98, Func: "f"})
+		}
+		evs = append(evs, event.Event{Time: ts + 1000, Type: event.SweepEnd, Pending: tasks})
+	}
+	var buf bytes.Buffer
+	w, _ := trace.NewWriter(&buf, handMadeHeader())
+	for _, e := range evs {
+		w.Write(e)
+	}
+	w.Flush()
+	p := filepath.Join(b.TempDir(), "hand-made-bench.jsonl")
+	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	r, err := OpenReplay(p, ReplayOptions{Paused: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	b.ReportMetric(float64(len(evs)), "events")
+	b.ResetTimer()
+	for range b.N {
+		r.seek(int64(len(evs)))
+		r.PrevTransition()
+	}
+	b.ReportMetric(float64(len(evs))*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
