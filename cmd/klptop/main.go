@@ -30,6 +30,7 @@ const usage = `klptop: top for Linux kernel livepatch
 usage:
   klptop [flags]                         live view (needs root and a livepatch kernel)
   klptop record -o FILE [-- CMD ARGS]    record events until Ctrl-C or until CMD exits
+  klptop replay [--speed 1|10|max] FILE  the live view over a recording
   klptop report [--json] FILE            summarize a recording; exit 1 if a transition never completed
   klptop export --format perfetto FILE -o OUT.json
   klptop version
@@ -52,6 +53,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runLive(rest, stderr)
 	case "record":
 		err = runRecord(rest, stderr)
+	case "replay":
+		err = runReplay(rest, stdout, stderr)
+	case "report":
+		err = runReport(rest, stdout, stderr)
+	case "export":
+		err = runExport(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "klptop", version)
 	case "help":
