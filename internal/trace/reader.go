@@ -30,6 +30,9 @@ type Reader struct {
 	Unknown map[event.Type]int
 
 	dec decoder
+	// ev is decoded into in place: a local would escape to the heap
+	// through the encoding/json fallback, one allocation per event.
+	ev event.Event
 }
 
 // ErrNewerVersion is returned for a trace written by a newer major version.
@@ -107,19 +110,18 @@ func (tr *Reader) Next() (event.Event, error) {
 		if len(bytes.TrimSpace(b)) == 0 {
 			continue
 		}
-		var e event.Event
-		if err := tr.dec.decode(b, &e); err != nil {
+		if err := tr.dec.decode(b, &tr.ev); err != nil {
 			if !complete {
 				tr.Truncated = true
 				return event.Event{}, io.EOF
 			}
 			return event.Event{}, fmt.Errorf("line %d (byte %d): %v", tr.line, start, err)
 		}
-		if !event.Known(e.Type) {
-			tr.Unknown[e.Type]++
+		if !event.Known(tr.ev.Type) {
+			tr.Unknown[tr.ev.Type]++
 			continue
 		}
-		return e, nil
+		return tr.ev, nil
 	}
 }
 
