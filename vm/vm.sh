@@ -110,11 +110,13 @@ packages() {
 	if [[ -z ${SKIP_APT:-} ]] && ! apt_lists_fresh; then apt_update; fi
 	k_resolve
 	[[ -n $KVER ]] || die "cannot resolve the kernel ABI from linux-image-amd64"
-	local want missing=()
+	local want missing
 	want=("${HOST_PKGS[@]}" $(k_host_pkgs))
-	for p in "${want[@]}"; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
-	done
+	# Not installed: unknown to dpkg, or known in any state but installed.
+	mapfile -t missing < <(
+		{ dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${want[@]}" 2>/dev/null || true; } |
+			awk -v want="${want[*]}" 'BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) m[w[i]] = 1 }
+				$2 == "installed" { delete m[$1] } END { for (p in m) print p }')
 	if ((${#missing[@]})); then
 		[[ -z ${SKIP_APT:-} ]] || die "SKIP_APT set but missing: ${missing[*]}"
 		log "installing ${missing[*]}"
@@ -177,6 +179,12 @@ build_base() {
 	copy_bin "$root" bash comm stat mktemp date diff sysctl dmesg kmod sed grep mawk getconf tmux
 	for app in modprobe modinfo insmod rmmod lsmod depmod; do ln -sf kmod "$root/usr/bin/$app"; done
 	ln -sf mawk "$root/usr/bin/awk"
+	# Where busybox and GNU both have a tool, GNU's wins under either path:
+	# the selftests call some by absolute path and parse their output.
+	for app in "$root"/usr/bin/*; do
+		app=${app##*/}
+		[[ -L $root/bin/$app ]] && ln -sf "/usr/bin/$app" "$root/bin/$app"
+	done
 	# tmux needs a terminfo entry for its own TERM (screen) and the client's.
 	mkdir -p "$root/usr/share/terminfo"
 	cp -r /lib/terminfo/. "$root/usr/share/terminfo/"
