@@ -7,6 +7,7 @@ package report
 import (
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"time"
 
@@ -127,23 +128,13 @@ func (s *Summary) Warnings() []string {
 	if s.Truncated {
 		w = append(w, "trace ends in a partial line (recorder killed?): reported up to it")
 	}
-	for _, t := range slices.Sorted(mapsKeys(s.UnknownEvents)) {
+	for _, t := range slices.Sorted(maps.Keys(s.UnknownEvents)) {
 		w = append(w, fmt.Sprintf("skipped %d events of type %q unknown to this klptop", s.UnknownEvents[t], t))
 	}
 	if s.LostEvents > 0 {
 		w = append(w, fmt.Sprintf("the kernel dropped %d events while recording: the report may miss switches or checks", s.LostEvents))
 	}
 	return w
-}
-
-func mapsKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // sink receives the report as it is built.

@@ -84,8 +84,8 @@ func when(t *Time) string {
 	return wallString(t.Wall) + "  (" + offset(t) + ")"
 }
 
-// Duration is how the report writes a length of time.
-func Duration(ns uint64) string {
+// duration is how the report writes a length of time.
+func duration(ns uint64) string {
 	d := time.Duration(min(ns, 1<<63-1))
 	switch {
 	case d < time.Millisecond:
@@ -122,7 +122,7 @@ func (s *textSink) transition(t *Transition) error {
 	if t.Stall && t.Outcome != OutcomeUnfinished {
 		verdict += " after a stall"
 	}
-	s.printf("#%d  %s  %s  %s  %s\n", t.Index, t.Patch, t.Direction, verdict, Duration(t.DurationNs))
+	s.printf("#%d  %s  %s  %s  %s\n", t.Index, t.Patch, t.Direction, verdict, duration(t.DurationNs))
 	if t.Note != "" {
 		s.printf("    note: %s\n", t.Note)
 	}
@@ -149,11 +149,11 @@ func (s *textSink) transition(t *Transition) error {
 	}
 	s.printf("\n")
 	if t.Outcome == OutcomeUnfinished {
-		u := fmt.Sprintf("#%d %s %s after %s", t.Index, t.Patch, t.Direction, Duration(t.DurationNs))
+		u := fmt.Sprintf("#%d %s %s after %s", t.Index, t.Patch, t.Direction, duration(t.DurationNs))
 		if len(t.Blockers) > 0 {
 			b := t.Blockers[0]
 			u += fmt.Sprintf(": %d blocking, longest %s (pid %d) %s for %s", len(t.Blockers),
-				b.Comm, b.PID, humanReason(b.Reason, b.Func), Duration(b.BlockedNs))
+				b.Comm, b.PID, humanReason(b.Reason, b.Func), duration(b.BlockedNs))
 		}
 		s.unfinish = append(s.unfinish, u)
 	}
@@ -178,7 +178,7 @@ func (s *textSink) blockers(t *Transition) {
 		if b.Switched != nil {
 			sw = offset(b.Switched) + " " + b.SwitchPath
 		}
-		rows = append(rows, []string{fmt.Sprint(b.PID), b.Comm, Duration(b.BlockedNs), fmt.Sprint(b.Checks),
+		rows = append(rows, []string{fmt.Sprint(b.PID), b.Comm, duration(b.BlockedNs), fmt.Sprint(b.Checks),
 			offset(b.FirstCheck), offset(b.LastCheck), sw, humanReason(b.Reason, b.Func)})
 	}
 	width := make([]int, len(rows[0]))
