@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/klptop/klptop/internal/report"
 )
 
 type chromeTrace struct {
@@ -143,5 +145,43 @@ func TestPerfettoCorruptStillValidJSON(t *testing.T) {
 	_, st, err := export(t, "hand-made-truncated.jsonl")
 	if err != nil || !st.Truncated {
 		t.Fatalf("truncated: err %v stats %+v", err, st)
+	}
+}
+
+// Every trace, hand-made or recorded (the repository's testdata/), exports
+// to JSON with one transition slice per transition the report lists.
+func TestPerfettoEveryTrace(t *testing.T) {
+	var paths []string
+	for _, pat := range []string{"../report/testdata/*.jsonl", "../../testdata/*.jsonl"} {
+		m, _ := filepath.Glob(pat)
+		paths = append(paths, m...)
+	}
+	for _, path := range paths {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			_, perr := Perfetto(bytes.NewReader(b), &out)
+			var ct chromeTrace
+			if err := json.Unmarshal(out.Bytes(), &ct); err != nil {
+				t.Fatalf("output does not parse: %v", err)
+			}
+			var rep bytes.Buffer
+			sum, rerr := report.Run(bytes.NewReader(b), &rep, report.Options{JSON: true})
+			if (perr == nil) != (rerr == nil) {
+				t.Fatalf("export err %v, report err %v", perr, rerr)
+			}
+			n := 0
+			for _, e := range ct.TraceEvents {
+				if e.Ph == "X" && e.Cat == "transition" {
+					n++
+				}
+			}
+			if n != sum.Transitions {
+				t.Errorf("%d transition slices, report lists %d transitions", n, sum.Transitions)
+			}
+		})
 	}
 }
