@@ -74,7 +74,7 @@ func offset(t *Time) string {
 	if t == nil {
 		return "-"
 	}
-	return fmt.Sprintf("+%.3fs", t.Offset)
+	return fmt.Sprintf("%+.3fs", t.Offset)
 }
 
 func when(t *Time) string {
