@@ -24,6 +24,8 @@ enum klptop_event_type {
 	EV_SWEEP_END,
 	EV_TASK_CHECK,
 	EV_TASK_SWITCH,
+	/* Internal: a function stack may have changed; user space re-reads them. Never in a trace. */
+	EV_FUNCS_CHANGED,
 };
 
 enum klptop_path {
@@ -67,6 +69,45 @@ struct task_rec {
 	__s32 patch_state;
 	__u32 stack_len;
 	char comm[KLPTOP_COMM_LEN];
+};
+
+/*
+ * Function stacks, from the funcs iterator: records in the func_recs array
+ * map, their number in a struct funcs_out written to the iterator's output.
+ * Two walks fill it, joined in user space on the klp_func address: the
+ * klp_ops list (stacks, newest first) and klp_patches (which patch and
+ * object each klp_func belongs to: a klp_func has no pointer back).
+ */
+#define KLPTOP_MAX_FUNC_RECS 1024
+
+enum klptop_func_rec_kind {
+	FREC_STACK = 1, /* one entry of a klp_ops func_stack */
+	FREC_PATCH,     /* one klp_func of a patch on klp_patches */
+};
+
+struct func_rec {
+	__u64 func; /* klp_func address: the join key, never leaves klptop */
+	__u64 old_func;
+	__u64 new_func;
+	__u32 kind;
+	__u32 index; /* FREC_STACK: which klp_ops; FREC_PATCH: position on klp_patches, 0 = bottom */
+	__u32 depth; /* FREC_STACK: position on func_stack, 0 = head */
+	__u8 nop;
+	__u8 patched;
+	__u8 transition;
+	__u8 obj_patched;
+	char name[KLPTOP_FUNC_LEN];     /* klp_func.old_name */
+	char patch[KLPTOP_PATCH_LEN];   /* FREC_PATCH */
+	char object[KLPTOP_PATCH_LEN];  /* FREC_PATCH: klp_object.name, "" = vmlinux */
+};
+
+#define FUNCS_OVERFLOW 0x1 /* more records than KLPTOP_MAX_FUNC_RECS, or a list longer than its bound */
+#define FUNCS_NO_HEADS 0x2 /* user space gave no list head addresses */
+#define FUNCS_NO_BTF   0x4 /* the kernel's BTF lacks the livepatch types */
+
+struct funcs_out {
+	__u32 n;
+	__u32 flags;
 };
 
 #endif

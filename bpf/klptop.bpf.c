@@ -20,6 +20,8 @@ char LICENSE[] SEC("license") = "GPL";
 /* Keep the record types in the object's BTF, where a test checks the Go decoder against them. */
 const struct event *unused_event __attribute__((unused));
 const struct task_rec *unused_task_rec __attribute__((unused));
+const struct func_rec *unused_func_rec __attribute__((unused));
+const struct funcs_out *unused_funcs_out __attribute__((unused));
 
 #define EADDRINUSE 98
 #define PF_IDLE 0x00000002
@@ -407,5 +409,226 @@ int snapshot_tasks(struct bpf_iter__task *ctx)
 	bpf_seq_write(seq, &o->rec, sizeof(o->rec));
 	if (n > 0)
 		bpf_seq_write(seq, o->stack, n);
+	return 0;
+}
+
+/*
+ * Function stacks changed, or may have: user space re-reads them when it sees
+ * this. Return probes, because the functions change the lists inside
+ * (klp_complete_transition unpatches and clears the transition flags).
+ */
+#define FUNCS_CHANGED(fn)                                 \
+	SEC("kretprobe/" #fn)                             \
+	int BPF_KRETPROBE(funcs_changed_##fn)             \
+	{                                                 \
+		return emit_simple(EV_FUNCS_CHANGED);     \
+	}
+
+FUNCS_CHANGED(klp_start_transition)
+FUNCS_CHANGED(klp_complete_transition)
+FUNCS_CHANGED(klp_reverse_transition)
+FUNCS_CHANGED(klp_cancel_transition)
+FUNCS_CHANGED(klp_patch_object)
+FUNCS_CHANGED(klp_unpatch_objects)
+FUNCS_CHANGED(klp_discard_nops)
+FUNCS_CHANGED(klp_module_coming)
+FUNCS_CHANGED(klp_module_going)
+
+/*
+ * Addresses of the list heads, from /proc/kallsyms: neither has BTF (6.1
+ * describes no global variables), klp_ops is static.
+ */
+volatile const __u64 klp_patches_addr = 0;
+volatile const __u64 klp_ops_addr = 0;
+
+/* Bounds of the walks; bpf_loop keeps the verifier's work independent of them. */
+#define MAX_PATCHES 128
+#define MAX_OBJS 128
+#define MAX_FUNCS 1024
+#define MAX_OPS 4096
+#define MAX_DEPTH 128
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, KLPTOP_MAX_FUNC_RECS);
+	__type(key, __u32);
+	__type(value, struct func_rec);
+} func_recs SEC(".maps");
+
+struct walk {
+	__u64 head; /* list head of the inner list being walked */
+	__u64 pos;  /* its current node */
+	__u64 patch;
+	__u64 obj;
+	__u32 index;
+	__u32 n;
+	__u32 flags;
+	__u32 done; /* the inner walk reached its head */
+};
+
+static __always_inline __u64 next_node(__u64 pos)
+{
+	struct list_head *next = 0;
+	bpf_probe_read_kernel(&next, sizeof(next), (void *)pos + bpf_core_field_offset(struct list_head, next));
+	return (__u64)next;
+}
+
+static __always_inline struct func_rec *new_rec(struct walk *w, __u32 kind, struct klp_func *f)
+{
+	__u32 i = w->n;
+	if (i >= KLPTOP_MAX_FUNC_RECS) {
+		w->flags |= FUNCS_OVERFLOW;
+		return 0;
+	}
+	struct func_rec *r = bpf_map_lookup_elem(&func_recs, &i);
+	if (!r)
+		return 0;
+	__builtin_memset(r, 0, sizeof(*r));
+	r->kind = kind;
+	r->func = (__u64)f;
+	r->old_func = (__u64)BPF_CORE_READ(f, old_func);
+	r->new_func = (__u64)BPF_CORE_READ(f, new_func);
+	r->nop = BPF_CORE_READ(f, nop);
+	r->patched = BPF_CORE_READ(f, patched);
+	r->transition = BPF_CORE_READ(f, transition);
+	bpf_probe_read_kernel_str(r->name, sizeof(r->name), BPF_CORE_READ(f, old_name));
+	w->n = i + 1;
+	return r;
+}
+
+static long stack_step(__u32 i, struct walk *w)
+{
+	__u64 next = next_node(w->pos);
+	if (!next || next == w->head) {
+		w->done = 1;
+		return 1;
+	}
+	w->pos = next;
+	struct klp_func *f = (void *)next - bpf_core_field_offset(struct klp_func, stack_node);
+	struct func_rec *r = new_rec(w, FREC_STACK, f);
+	if (!r)
+		return 1;
+	r->index = w->index;
+	r->depth = i;
+	return 0;
+}
+
+static long ops_step(__u32 i, struct walk *w)
+{
+	__u64 next = next_node(w->pos);
+	if (!next || next == klp_ops_addr)
+		return 1;
+	struct klp_ops *ops = (void *)next - bpf_core_field_offset(struct klp_ops, node);
+	struct walk in = {
+		.head = (__u64)ops + bpf_core_field_offset(struct klp_ops, func_stack),
+		.index = i,
+		.n = w->n,
+	};
+	in.pos = in.head;
+	bpf_loop(MAX_DEPTH, stack_step, &in, 0);
+	w->n = in.n;
+	w->flags |= in.flags;
+	if (!in.done)
+		w->flags |= FUNCS_OVERFLOW;
+	w->pos = next;
+	return 0;
+}
+
+static long func_step(__u32 i, struct walk *w)
+{
+	__u64 next = next_node(w->pos);
+	if (!next || next == w->head) {
+		w->done = 1;
+		return 1;
+	}
+	w->pos = next;
+	struct klp_func *f = (void *)next - bpf_core_field_offset(struct klp_func, node);
+	struct func_rec *r = new_rec(w, FREC_PATCH, f);
+	if (!r)
+		return 1;
+	struct klp_patch *p = (void *)w->patch;
+	struct klp_object *o = (void *)w->obj;
+	r->index = w->index;
+	BPF_CORE_READ_STR_INTO(&r->patch, p, mod, name);
+	const char *on = BPF_CORE_READ(o, name);
+	if (on)
+		bpf_probe_read_kernel_str(r->object, sizeof(r->object), on);
+	r->obj_patched = BPF_CORE_READ(o, patched);
+	return 0;
+}
+
+static long obj_step(__u32 i, struct walk *w)
+{
+	__u64 next = next_node(w->pos);
+	if (!next || next == w->head) {
+		w->done = 1;
+		return 1;
+	}
+	w->pos = next;
+	struct klp_object *o = (void *)next - bpf_core_field_offset(struct klp_object, node);
+	struct walk in = {
+		.head = (__u64)o + bpf_core_field_offset(struct klp_object, func_list),
+		.patch = w->patch,
+		.obj = (__u64)o,
+		.index = w->index,
+		.n = w->n,
+	};
+	in.pos = in.head;
+	bpf_loop(MAX_FUNCS, func_step, &in, 0);
+	w->n = in.n;
+	w->flags |= in.flags;
+	if (!in.done)
+		w->flags |= FUNCS_OVERFLOW;
+	return 0;
+}
+
+static long patch_step(__u32 i, struct walk *w)
+{
+	__u64 next = next_node(w->pos);
+	if (!next || next == klp_patches_addr)
+		return 1;
+	w->pos = next;
+	struct klp_patch *p = (void *)next - bpf_core_field_offset(struct klp_patch, list);
+	struct walk in = {
+		.head = (__u64)p + bpf_core_field_offset(struct klp_patch, obj_list),
+		.patch = (__u64)p,
+		.index = i,
+		.n = w->n,
+	};
+	in.pos = in.head;
+	bpf_loop(MAX_OBJS, obj_step, &in, 0);
+	w->n = in.n;
+	w->flags |= in.flags;
+	if (!in.done)
+		w->flags |= FUNCS_OVERFLOW;
+	return 0;
+}
+
+/*
+ * Reads every function stack once. An iterator only to get a program that
+ * user space can run on demand with bpf_probe_read_kernel: it acts on the
+ * first task and ignores the rest. Runs without klp_mutex, so a list may
+ * change under it; the reads are fault-safe and every walk is bounded, so the
+ * worst case is one inconsistent picture, redone at the next change.
+ */
+SEC("iter/task")
+int snapshot_funcs(struct bpf_iter__task *ctx)
+{
+	struct funcs_out out = {};
+	if (ctx->meta->seq_num != 0 || !ctx->task)
+		return 0;
+	if (!bpf_core_type_exists(struct klp_ops) || !bpf_core_type_exists(struct klp_func)) {
+		out.flags = FUNCS_NO_BTF;
+	} else if (!klp_ops_addr || !klp_patches_addr) {
+		out.flags = FUNCS_NO_HEADS;
+	} else {
+		struct walk w = { .pos = klp_ops_addr };
+		bpf_loop(MAX_OPS, ops_step, &w, 0);
+		struct walk pw = { .pos = klp_patches_addr, .n = w.n, .flags = w.flags };
+		bpf_loop(MAX_PATCHES, patch_step, &pw, 0);
+		out.n = pw.n;
+		out.flags = pw.flags;
+	}
+	bpf_seq_write(ctx->meta->seq, &out, sizeof(out));
 	return 0;
 }

@@ -57,9 +57,42 @@ struct module {
 	char name[56];
 } __attribute__((preserve_access_index));
 
+struct list_head {
+	struct list_head *next, *prev;
+} __attribute__((preserve_access_index));
+
 struct klp_patch {
 	struct module *mod;
+	struct list_head list;
+	struct list_head obj_list;
+	bool enabled;
 	bool replace;
+	bool forced;
+} __attribute__((preserve_access_index));
+
+struct klp_object {
+	const char *name;
+	struct list_head func_list;
+	struct list_head node;
+	bool patched;
+} __attribute__((preserve_access_index));
+
+struct klp_func {
+	const char *old_name;
+	void *new_func;
+	unsigned long old_sympos;
+	void *old_func;
+	struct list_head node;
+	struct list_head stack_node;
+	bool nop;
+	bool patched;
+	bool transition;
+} __attribute__((preserve_access_index));
+
+/* Private to kernel/livepatch/patch.h, but described by the kernel's BTF. */
+struct klp_ops {
+	struct list_head node;
+	struct list_head func_stack;
 } __attribute__((preserve_access_index));
 
 struct seq_file;

@@ -47,7 +47,23 @@ const (
 	SnapshotEnd Type = "snapshot_end"
 	// Lost: the kernel dropped Count events (ring buffer full).
 	Lost Type = "lost"
+	// FuncStack (1.1): one patched function's klp_ops func_stack: Func is the
+	// old function, Object "vmlinux" or the module it lives in, Versions the
+	// stack newest first. Sent in the snapshot and whenever a stack changes;
+	// empty Versions means no patch touches the function any more.
+	FuncStack Type = "func_stack"
 )
+
+// FuncVersion is one klp_func on a function's stack.
+type FuncVersion struct {
+	Patch string `json:"patch"`
+	// Func is the new function's symbol; empty for a nop (an atomic-replace
+	// patch's placeholder that runs the original function).
+	Func       string `json:"func,omitempty"`
+	Nop        bool   `json:"nop,omitempty"`
+	Patched    bool   `json:"patched,omitempty"`
+	Transition bool   `json:"transition,omitempty"`
+}
 
 // Reasons a task did not switch, as the kernel's own check reports them.
 const (
@@ -139,6 +155,10 @@ type Event struct {
 	// Lost.
 	Count uint64 `json:"count,omitempty"`
 
+	// FuncStack: Func is the old function; Object where it lives.
+	Object   string        `json:"object,omitempty"`
+	Versions []FuncVersion `json:"versions,omitempty"`
+
 	// Stack is the subject task's kernel stack, symbolized ("func+0x1c/0x40 [mod]"),
 	// innermost first. Sent when it changes, not on every check.
 	Stack []string `json:"stack,omitempty"`
@@ -166,7 +186,7 @@ var known = map[Type]bool{
 	TransitionComplete: true, TransitionReverse: true, TransitionCancel: true,
 	TransitionForce: true, SweepStart: true, SweepEnd: true, TaskCheck: true,
 	TaskSwitch: true, PatchSnapshot: true, TaskSnapshot: true, SnapshotEnd: true,
-	Lost: true,
+	Lost: true, FuncStack: true,
 }
 
 // Known reports whether t is a type this version of klptop understands.

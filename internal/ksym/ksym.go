@@ -154,6 +154,15 @@ func (t *Table) Symbolize(addr uint64) string {
 	return t.format(addr, addr)
 }
 
+// Name returns the symbol addr is in and its module ("" for vmlinux).
+func (t *Table) Name(addr uint64) (name, module string, ok bool) {
+	s, _, ok := t.resolve(addr)
+	if !ok {
+		return "", "", false
+	}
+	return s.Name, s.Module, true
+}
+
 // Frame symbolizes a return address from a stack trace, like %pB: the call
 // may be the last instruction of a noreturn function, so the lookup uses
 // addr-1 while the offset printed is addr's.

@@ -35,6 +35,7 @@ var eventTypes = [...]event.Type{
 	9:  event.SweepEnd,
 	10: event.TaskCheck,
 	11: event.TaskSwitch,
+	12: funcsChanged,
 }
 
 // enum klptop_path

@@ -19,6 +19,23 @@ type klptopCheckArgs struct {
 	Oldname uint64
 }
 
+type klptopFuncRec struct {
+	_          structs.HostLayout
+	Func       uint64
+	OldFunc    uint64
+	NewFunc    uint64
+	Kind       uint32
+	Index      uint32
+	Depth      uint32
+	Nop        uint8
+	Patched    uint8
+	Transition uint8
+	ObjPatched uint8
+	Name       [128]int8
+	Patch      [56]int8
+	Object     [56]int8
+}
+
 type klptopLastCheck struct {
 	_    structs.HostLayout
 	Pid  uint32
@@ -44,37 +61,52 @@ type klptopTaskOut struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	klptopMapCheckStash                   = "check_stash"
-	klptopMapEvents                       = "events"
-	klptopMapIterScratch                  = "iter_scratch"
-	klptopMapLastChecks                   = "last_checks"
-	klptopMapLost                         = "lost"
-	klptopMapUpdateStash                  = "update_stash"
-	klptopProgKlpCancelTransition         = "klp_cancel_transition"
-	klptopProgKlpCheckAndSwitchTask       = "klp_check_and_switch_task"
-	klptopProgKlpCheckAndSwitchTaskRet    = "klp_check_and_switch_task_ret"
-	klptopProgKlpCompleteTransition       = "klp_complete_transition"
-	klptopProgKlpCopyProcess              = "klp_copy_process"
-	klptopProgKlpEnablePatch              = "klp_enable_patch"
-	klptopProgKlpForceTransition          = "klp_force_transition"
-	klptopProgKlpInitTransition           = "klp_init_transition"
-	klptopProgKlpReverseTransition        = "klp_reverse_transition"
-	klptopProgKlpStartTransition          = "klp_start_transition"
-	klptopProgKlpTryCompleteTransition    = "klp_try_complete_transition"
-	klptopProgKlpTryCompleteTransitionRet = "klp_try_complete_transition_ret"
-	klptopProgKlpUpdatePatchState         = "klp_update_patch_state"
-	klptopProgKlpUpdatePatchStateRet      = "klp_update_patch_state_ret"
-	klptopProgSnapshotTasks               = "snapshot_tasks"
-	klptopVarCurPatch                     = "cur_patch"
-	klptopVarCurTarget                    = "cur_target"
-	klptopVarSweepChecked                 = "sweep_checked"
-	klptopVarSweepPending                 = "sweep_pending"
-	klptopVarSweepProbed                  = "sweep_probed"
-	klptopVarSweepStartNs                 = "sweep_start_ns"
-	klptopVarSweepTask                    = "sweep_task"
-	klptopVarTransitionGen                = "transition_gen"
-	klptopVarUnusedEvent                  = "unused_event"
-	klptopVarUnusedTaskRec                = "unused_task_rec"
+	klptopMapCheckStash                         = "check_stash"
+	klptopMapEvents                             = "events"
+	klptopMapFuncRecs                           = "func_recs"
+	klptopMapIterScratch                        = "iter_scratch"
+	klptopMapLastChecks                         = "last_checks"
+	klptopMapLost                               = "lost"
+	klptopMapUpdateStash                        = "update_stash"
+	klptopProgFuncsChangedKlpCancelTransition   = "funcs_changed_klp_cancel_transition"
+	klptopProgFuncsChangedKlpCompleteTransition = "funcs_changed_klp_complete_transition"
+	klptopProgFuncsChangedKlpDiscardNops        = "funcs_changed_klp_discard_nops"
+	klptopProgFuncsChangedKlpModuleComing       = "funcs_changed_klp_module_coming"
+	klptopProgFuncsChangedKlpModuleGoing        = "funcs_changed_klp_module_going"
+	klptopProgFuncsChangedKlpPatchObject        = "funcs_changed_klp_patch_object"
+	klptopProgFuncsChangedKlpReverseTransition  = "funcs_changed_klp_reverse_transition"
+	klptopProgFuncsChangedKlpStartTransition    = "funcs_changed_klp_start_transition"
+	klptopProgFuncsChangedKlpUnpatchObjects     = "funcs_changed_klp_unpatch_objects"
+	klptopProgKlpCancelTransition               = "klp_cancel_transition"
+	klptopProgKlpCheckAndSwitchTask             = "klp_check_and_switch_task"
+	klptopProgKlpCheckAndSwitchTaskRet          = "klp_check_and_switch_task_ret"
+	klptopProgKlpCompleteTransition             = "klp_complete_transition"
+	klptopProgKlpCopyProcess                    = "klp_copy_process"
+	klptopProgKlpEnablePatch                    = "klp_enable_patch"
+	klptopProgKlpForceTransition                = "klp_force_transition"
+	klptopProgKlpInitTransition                 = "klp_init_transition"
+	klptopProgKlpReverseTransition              = "klp_reverse_transition"
+	klptopProgKlpStartTransition                = "klp_start_transition"
+	klptopProgKlpTryCompleteTransition          = "klp_try_complete_transition"
+	klptopProgKlpTryCompleteTransitionRet       = "klp_try_complete_transition_ret"
+	klptopProgKlpUpdatePatchState               = "klp_update_patch_state"
+	klptopProgKlpUpdatePatchStateRet            = "klp_update_patch_state_ret"
+	klptopProgSnapshotFuncs                     = "snapshot_funcs"
+	klptopProgSnapshotTasks                     = "snapshot_tasks"
+	klptopVarCurPatch                           = "cur_patch"
+	klptopVarCurTarget                          = "cur_target"
+	klptopVarKlpOpsAddr                         = "klp_ops_addr"
+	klptopVarKlpPatchesAddr                     = "klp_patches_addr"
+	klptopVarSweepChecked                       = "sweep_checked"
+	klptopVarSweepPending                       = "sweep_pending"
+	klptopVarSweepProbed                        = "sweep_probed"
+	klptopVarSweepStartNs                       = "sweep_start_ns"
+	klptopVarSweepTask                          = "sweep_task"
+	klptopVarTransitionGen                      = "transition_gen"
+	klptopVarUnusedEvent                        = "unused_event"
+	klptopVarUnusedFuncRec                      = "unused_func_rec"
+	klptopVarUnusedFuncsOut                     = "unused_funcs_out"
+	klptopVarUnusedTaskRec                      = "unused_task_rec"
 )
 
 // loadKlptop returns the embedded CollectionSpec for klptop.
@@ -119,21 +151,31 @@ type klptopSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type klptopProgramSpecs struct {
-	KlpCancelTransition         *ebpf.ProgramSpec `ebpf:"klp_cancel_transition"`
-	KlpCheckAndSwitchTask       *ebpf.ProgramSpec `ebpf:"klp_check_and_switch_task"`
-	KlpCheckAndSwitchTaskRet    *ebpf.ProgramSpec `ebpf:"klp_check_and_switch_task_ret"`
-	KlpCompleteTransition       *ebpf.ProgramSpec `ebpf:"klp_complete_transition"`
-	KlpCopyProcess              *ebpf.ProgramSpec `ebpf:"klp_copy_process"`
-	KlpEnablePatch              *ebpf.ProgramSpec `ebpf:"klp_enable_patch"`
-	KlpForceTransition          *ebpf.ProgramSpec `ebpf:"klp_force_transition"`
-	KlpInitTransition           *ebpf.ProgramSpec `ebpf:"klp_init_transition"`
-	KlpReverseTransition        *ebpf.ProgramSpec `ebpf:"klp_reverse_transition"`
-	KlpStartTransition          *ebpf.ProgramSpec `ebpf:"klp_start_transition"`
-	KlpTryCompleteTransition    *ebpf.ProgramSpec `ebpf:"klp_try_complete_transition"`
-	KlpTryCompleteTransitionRet *ebpf.ProgramSpec `ebpf:"klp_try_complete_transition_ret"`
-	KlpUpdatePatchState         *ebpf.ProgramSpec `ebpf:"klp_update_patch_state"`
-	KlpUpdatePatchStateRet      *ebpf.ProgramSpec `ebpf:"klp_update_patch_state_ret"`
-	SnapshotTasks               *ebpf.ProgramSpec `ebpf:"snapshot_tasks"`
+	FuncsChangedKlpCancelTransition   *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_cancel_transition"`
+	FuncsChangedKlpCompleteTransition *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_complete_transition"`
+	FuncsChangedKlpDiscardNops        *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_discard_nops"`
+	FuncsChangedKlpModuleComing       *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_module_coming"`
+	FuncsChangedKlpModuleGoing        *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_module_going"`
+	FuncsChangedKlpPatchObject        *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_patch_object"`
+	FuncsChangedKlpReverseTransition  *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_reverse_transition"`
+	FuncsChangedKlpStartTransition    *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_start_transition"`
+	FuncsChangedKlpUnpatchObjects     *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_unpatch_objects"`
+	KlpCancelTransition               *ebpf.ProgramSpec `ebpf:"klp_cancel_transition"`
+	KlpCheckAndSwitchTask             *ebpf.ProgramSpec `ebpf:"klp_check_and_switch_task"`
+	KlpCheckAndSwitchTaskRet          *ebpf.ProgramSpec `ebpf:"klp_check_and_switch_task_ret"`
+	KlpCompleteTransition             *ebpf.ProgramSpec `ebpf:"klp_complete_transition"`
+	KlpCopyProcess                    *ebpf.ProgramSpec `ebpf:"klp_copy_process"`
+	KlpEnablePatch                    *ebpf.ProgramSpec `ebpf:"klp_enable_patch"`
+	KlpForceTransition                *ebpf.ProgramSpec `ebpf:"klp_force_transition"`
+	KlpInitTransition                 *ebpf.ProgramSpec `ebpf:"klp_init_transition"`
+	KlpReverseTransition              *ebpf.ProgramSpec `ebpf:"klp_reverse_transition"`
+	KlpStartTransition                *ebpf.ProgramSpec `ebpf:"klp_start_transition"`
+	KlpTryCompleteTransition          *ebpf.ProgramSpec `ebpf:"klp_try_complete_transition"`
+	KlpTryCompleteTransitionRet       *ebpf.ProgramSpec `ebpf:"klp_try_complete_transition_ret"`
+	KlpUpdatePatchState               *ebpf.ProgramSpec `ebpf:"klp_update_patch_state"`
+	KlpUpdatePatchStateRet            *ebpf.ProgramSpec `ebpf:"klp_update_patch_state_ret"`
+	SnapshotFuncs                     *ebpf.ProgramSpec `ebpf:"snapshot_funcs"`
+	SnapshotTasks                     *ebpf.ProgramSpec `ebpf:"snapshot_tasks"`
 }
 
 // klptopMapSpecs contains maps before they are loaded into the kernel.
@@ -142,6 +184,7 @@ type klptopProgramSpecs struct {
 type klptopMapSpecs struct {
 	CheckStash  *ebpf.MapSpec `ebpf:"check_stash"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
+	FuncRecs    *ebpf.MapSpec `ebpf:"func_recs"`
 	IterScratch *ebpf.MapSpec `ebpf:"iter_scratch"`
 	LastChecks  *ebpf.MapSpec `ebpf:"last_checks"`
 	Lost        *ebpf.MapSpec `ebpf:"lost"`
@@ -152,16 +195,20 @@ type klptopMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type klptopVariableSpecs struct {
-	CurPatch      *ebpf.VariableSpec `ebpf:"cur_patch"`
-	CurTarget     *ebpf.VariableSpec `ebpf:"cur_target"`
-	SweepChecked  *ebpf.VariableSpec `ebpf:"sweep_checked"`
-	SweepPending  *ebpf.VariableSpec `ebpf:"sweep_pending"`
-	SweepProbed   *ebpf.VariableSpec `ebpf:"sweep_probed"`
-	SweepStartNs  *ebpf.VariableSpec `ebpf:"sweep_start_ns"`
-	SweepTask     *ebpf.VariableSpec `ebpf:"sweep_task"`
-	TransitionGen *ebpf.VariableSpec `ebpf:"transition_gen"`
-	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedTaskRec *ebpf.VariableSpec `ebpf:"unused_task_rec"`
+	CurPatch       *ebpf.VariableSpec `ebpf:"cur_patch"`
+	CurTarget      *ebpf.VariableSpec `ebpf:"cur_target"`
+	KlpOpsAddr     *ebpf.VariableSpec `ebpf:"klp_ops_addr"`
+	KlpPatchesAddr *ebpf.VariableSpec `ebpf:"klp_patches_addr"`
+	SweepChecked   *ebpf.VariableSpec `ebpf:"sweep_checked"`
+	SweepPending   *ebpf.VariableSpec `ebpf:"sweep_pending"`
+	SweepProbed    *ebpf.VariableSpec `ebpf:"sweep_probed"`
+	SweepStartNs   *ebpf.VariableSpec `ebpf:"sweep_start_ns"`
+	SweepTask      *ebpf.VariableSpec `ebpf:"sweep_task"`
+	TransitionGen  *ebpf.VariableSpec `ebpf:"transition_gen"`
+	UnusedEvent    *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedFuncRec  *ebpf.VariableSpec `ebpf:"unused_func_rec"`
+	UnusedFuncsOut *ebpf.VariableSpec `ebpf:"unused_funcs_out"`
+	UnusedTaskRec  *ebpf.VariableSpec `ebpf:"unused_task_rec"`
 }
 
 // klptopObjects contains all objects after they have been loaded into the kernel.
@@ -186,6 +233,7 @@ func (o *klptopObjects) Close() error {
 type klptopMaps struct {
 	CheckStash  *ebpf.Map `ebpf:"check_stash"`
 	Events      *ebpf.Map `ebpf:"events"`
+	FuncRecs    *ebpf.Map `ebpf:"func_recs"`
 	IterScratch *ebpf.Map `ebpf:"iter_scratch"`
 	LastChecks  *ebpf.Map `ebpf:"last_checks"`
 	Lost        *ebpf.Map `ebpf:"lost"`
@@ -196,6 +244,7 @@ func (m *klptopMaps) Close() error {
 	return _KlptopClose(
 		m.CheckStash,
 		m.Events,
+		m.FuncRecs,
 		m.IterScratch,
 		m.LastChecks,
 		m.Lost,
@@ -207,41 +256,64 @@ func (m *klptopMaps) Close() error {
 //
 // It can be passed to loadKlptopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type klptopVariables struct {
-	CurPatch      *ebpf.Variable `ebpf:"cur_patch"`
-	CurTarget     *ebpf.Variable `ebpf:"cur_target"`
-	SweepChecked  *ebpf.Variable `ebpf:"sweep_checked"`
-	SweepPending  *ebpf.Variable `ebpf:"sweep_pending"`
-	SweepProbed   *ebpf.Variable `ebpf:"sweep_probed"`
-	SweepStartNs  *ebpf.Variable `ebpf:"sweep_start_ns"`
-	SweepTask     *ebpf.Variable `ebpf:"sweep_task"`
-	TransitionGen *ebpf.Variable `ebpf:"transition_gen"`
-	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
-	UnusedTaskRec *ebpf.Variable `ebpf:"unused_task_rec"`
+	CurPatch       *ebpf.Variable `ebpf:"cur_patch"`
+	CurTarget      *ebpf.Variable `ebpf:"cur_target"`
+	KlpOpsAddr     *ebpf.Variable `ebpf:"klp_ops_addr"`
+	KlpPatchesAddr *ebpf.Variable `ebpf:"klp_patches_addr"`
+	SweepChecked   *ebpf.Variable `ebpf:"sweep_checked"`
+	SweepPending   *ebpf.Variable `ebpf:"sweep_pending"`
+	SweepProbed    *ebpf.Variable `ebpf:"sweep_probed"`
+	SweepStartNs   *ebpf.Variable `ebpf:"sweep_start_ns"`
+	SweepTask      *ebpf.Variable `ebpf:"sweep_task"`
+	TransitionGen  *ebpf.Variable `ebpf:"transition_gen"`
+	UnusedEvent    *ebpf.Variable `ebpf:"unused_event"`
+	UnusedFuncRec  *ebpf.Variable `ebpf:"unused_func_rec"`
+	UnusedFuncsOut *ebpf.Variable `ebpf:"unused_funcs_out"`
+	UnusedTaskRec  *ebpf.Variable `ebpf:"unused_task_rec"`
 }
 
 // klptopPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadKlptopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type klptopPrograms struct {
-	KlpCancelTransition         *ebpf.Program `ebpf:"klp_cancel_transition"`
-	KlpCheckAndSwitchTask       *ebpf.Program `ebpf:"klp_check_and_switch_task"`
-	KlpCheckAndSwitchTaskRet    *ebpf.Program `ebpf:"klp_check_and_switch_task_ret"`
-	KlpCompleteTransition       *ebpf.Program `ebpf:"klp_complete_transition"`
-	KlpCopyProcess              *ebpf.Program `ebpf:"klp_copy_process"`
-	KlpEnablePatch              *ebpf.Program `ebpf:"klp_enable_patch"`
-	KlpForceTransition          *ebpf.Program `ebpf:"klp_force_transition"`
-	KlpInitTransition           *ebpf.Program `ebpf:"klp_init_transition"`
-	KlpReverseTransition        *ebpf.Program `ebpf:"klp_reverse_transition"`
-	KlpStartTransition          *ebpf.Program `ebpf:"klp_start_transition"`
-	KlpTryCompleteTransition    *ebpf.Program `ebpf:"klp_try_complete_transition"`
-	KlpTryCompleteTransitionRet *ebpf.Program `ebpf:"klp_try_complete_transition_ret"`
-	KlpUpdatePatchState         *ebpf.Program `ebpf:"klp_update_patch_state"`
-	KlpUpdatePatchStateRet      *ebpf.Program `ebpf:"klp_update_patch_state_ret"`
-	SnapshotTasks               *ebpf.Program `ebpf:"snapshot_tasks"`
+	FuncsChangedKlpCancelTransition   *ebpf.Program `ebpf:"funcs_changed_klp_cancel_transition"`
+	FuncsChangedKlpCompleteTransition *ebpf.Program `ebpf:"funcs_changed_klp_complete_transition"`
+	FuncsChangedKlpDiscardNops        *ebpf.Program `ebpf:"funcs_changed_klp_discard_nops"`
+	FuncsChangedKlpModuleComing       *ebpf.Program `ebpf:"funcs_changed_klp_module_coming"`
+	FuncsChangedKlpModuleGoing        *ebpf.Program `ebpf:"funcs_changed_klp_module_going"`
+	FuncsChangedKlpPatchObject        *ebpf.Program `ebpf:"funcs_changed_klp_patch_object"`
+	FuncsChangedKlpReverseTransition  *ebpf.Program `ebpf:"funcs_changed_klp_reverse_transition"`
+	FuncsChangedKlpStartTransition    *ebpf.Program `ebpf:"funcs_changed_klp_start_transition"`
+	FuncsChangedKlpUnpatchObjects     *ebpf.Program `ebpf:"funcs_changed_klp_unpatch_objects"`
+	KlpCancelTransition               *ebpf.Program `ebpf:"klp_cancel_transition"`
+	KlpCheckAndSwitchTask             *ebpf.Program `ebpf:"klp_check_and_switch_task"`
+	KlpCheckAndSwitchTaskRet          *ebpf.Program `ebpf:"klp_check_and_switch_task_ret"`
+	KlpCompleteTransition             *ebpf.Program `ebpf:"klp_complete_transition"`
+	KlpCopyProcess                    *ebpf.Program `ebpf:"klp_copy_process"`
+	KlpEnablePatch                    *ebpf.Program `ebpf:"klp_enable_patch"`
+	KlpForceTransition                *ebpf.Program `ebpf:"klp_force_transition"`
+	KlpInitTransition                 *ebpf.Program `ebpf:"klp_init_transition"`
+	KlpReverseTransition              *ebpf.Program `ebpf:"klp_reverse_transition"`
+	KlpStartTransition                *ebpf.Program `ebpf:"klp_start_transition"`
+	KlpTryCompleteTransition          *ebpf.Program `ebpf:"klp_try_complete_transition"`
+	KlpTryCompleteTransitionRet       *ebpf.Program `ebpf:"klp_try_complete_transition_ret"`
+	KlpUpdatePatchState               *ebpf.Program `ebpf:"klp_update_patch_state"`
+	KlpUpdatePatchStateRet            *ebpf.Program `ebpf:"klp_update_patch_state_ret"`
+	SnapshotFuncs                     *ebpf.Program `ebpf:"snapshot_funcs"`
+	SnapshotTasks                     *ebpf.Program `ebpf:"snapshot_tasks"`
 }
 
 func (p *klptopPrograms) Close() error {
 	return _KlptopClose(
+		p.FuncsChangedKlpCancelTransition,
+		p.FuncsChangedKlpCompleteTransition,
+		p.FuncsChangedKlpDiscardNops,
+		p.FuncsChangedKlpModuleComing,
+		p.FuncsChangedKlpModuleGoing,
+		p.FuncsChangedKlpPatchObject,
+		p.FuncsChangedKlpReverseTransition,
+		p.FuncsChangedKlpStartTransition,
+		p.FuncsChangedKlpUnpatchObjects,
 		p.KlpCancelTransition,
 		p.KlpCheckAndSwitchTask,
 		p.KlpCheckAndSwitchTaskRet,
@@ -256,6 +328,7 @@ func (p *klptopPrograms) Close() error {
 		p.KlpTryCompleteTransitionRet,
 		p.KlpUpdatePatchState,
 		p.KlpUpdatePatchStateRet,
+		p.SnapshotFuncs,
 		p.SnapshotTasks,
 	)
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,6 +54,8 @@ type Info struct {
 	Missing    []Missing
 	AttachTime time.Duration // load and attach
 	Kernel     string        // uname -r
+	// FuncsWhy says why function stacks cannot be read here; "" when they can.
+	FuncsWhy string
 }
 
 // Session is the loaded and attached probes.
@@ -69,6 +72,11 @@ type Session struct {
 
 	lostSeen    uint64
 	lostChecked time.Time
+
+	funcsWhy    string
+	funcsMu     sync.Mutex
+	funcsReadAt uint64 // CLOCK_MONOTONIC when the last read of the stacks began
+	lastFuncs   map[string]FuncStack
 }
 
 // Open checks that this machine can run klptop, then loads and attaches the
@@ -111,6 +119,8 @@ func Open(opts Options) (*Session, error) {
 	for prog := range attach {
 		keep[prog] = true
 	}
+	funcsOK, funcsWhy := setHeads(spec, "/proc/kallsyms")
+	keep[funcsProg] = funcsOK
 	if backend == BackendKprobeMulti {
 		for _, p := range probes {
 			if ps := spec.Programs[p.prog]; ps != nil {
@@ -119,12 +129,12 @@ func Open(opts Options) (*Session, error) {
 		}
 	}
 	_ = rlimit.RemoveMemlock() // kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK
-	coll, err := newCollection(spec, keep)
+	coll, funcsWhy, err := loadCollection(spec, keep, funcsWhy)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
-	s := &Session{coll: coll, syms: ksym.New("/proc/kallsyms"), root: root}
-	s.info = Info{Backend: backend, Kernel: kernelRelease()}
+	s := &Session{coll: coll, syms: ksym.New("/proc/kallsyms"), root: root, funcsWhy: funcsWhy}
+	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy}
 
 	attached, failed := s.attachAll(attach, backend)
 	s.info.Attached = attached
@@ -138,6 +148,50 @@ func Open(opts Options) (*Session, error) {
 		return nil, fmt.Errorf("%w: ring buffer: %v", ErrNoBPF, err)
 	}
 	s.info.AttachTime = time.Since(start)
+	return s, nil
+}
+
+// loadCollection loads the programs in keep; should the funcs iterator be
+// the one the kernel rejects, it loads the rest and says why in funcsWhy.
+func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy string) (*ebpf.Collection, string, error) {
+	coll, err := newCollection(spec, keep)
+	if err == nil || !keep[funcsProg] {
+		return coll, funcsWhy, err
+	}
+	keep[funcsProg] = false
+	coll, err2 := newCollection(spec, keep)
+	if err2 != nil {
+		return nil, "", err
+	}
+	msg, _, _ := strings.Cut(err.Error(), "\n")
+	return coll, "funcs iterator rejected: " + msg, nil
+}
+
+// OpenIterators loads only the iterators, attaching no probe: enough for
+// Snapshot and FuncStacks (klptop status). Read must not be called.
+func OpenIterators() (*Session, error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("%w (BPF and /proc/kallsyms addresses)", ErrNotRoot)
+	}
+	const root = "/"
+	if !sysfs.HasLivepatch(root) {
+		return nil, fmt.Errorf("%w: no /%s (CONFIG_LIVEPATCH)", ErrNoLivepatch, sysfs.LivepatchDir)
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		return nil, fmt.Errorf("%w: no kernel BTF (CONFIG_DEBUG_INFO_BTF): %v", ErrNoBPF, err)
+	}
+	spec, err := loadKlptop()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
+	}
+	funcsOK, funcsWhy := setHeads(spec, "/proc/kallsyms")
+	_ = rlimit.RemoveMemlock()
+	coll, funcsWhy, err := loadCollection(spec, map[string]bool{iterProg: true, funcsProg: funcsOK}, funcsWhy)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
+	}
+	s := &Session{coll: coll, syms: ksym.New("/proc/kallsyms"), root: root, funcsWhy: funcsWhy}
+	s.info = Info{Kernel: kernelRelease(), FuncsWhy: funcsWhy}
 	return s, nil
 }
 

@@ -50,6 +50,11 @@ func TestPlan(t *testing.T) {
 		"klp_check_and_switch_task":       {"klp_check_and_switch_task"},
 		"klp_check_and_switch_task_ret":   {"klp_check_and_switch_task"},
 		"klp_copy_process":                {"klp_copy_process"},
+
+		"funcs_changed_klp_start_transition":    {"klp_start_transition"},
+		"funcs_changed_klp_complete_transition": {"klp_complete_transition"},
+		"funcs_changed_klp_reverse_transition":  {"klp_reverse_transition"},
+		"funcs_changed_klp_cancel_transition":   {"klp_cancel_transition.isra.0"},
 	}
 	if !reflect.DeepEqual(attach, want) {
 		t.Errorf("attach:\n%v\nwant\n%v", attach, want)
@@ -58,6 +63,11 @@ func TestPlan(t *testing.T) {
 		{"klp_force_transition", whyAbsent},
 		{"klp_update_patch_state", "only compiler clones traceable (klp_update_patch_state.constprop.0): their arguments may differ"},
 		{"klp_update_patch_state%return", "only compiler clones traceable (klp_update_patch_state.constprop.0): their arguments may differ"},
+		{"klp_patch_object%return", whyAbsent},
+		{"klp_unpatch_objects%return", whyAbsent},
+		{"klp_discard_nops%return", whyAbsent},
+		{"klp_module_coming%return", whyAbsent},
+		{"klp_module_going%return", whyAbsent},
 	}
 	if !reflect.DeepEqual(missing, wantMissing) {
 		t.Errorf("missing:\n%v\nwant\n%v", missing, wantMissing)
@@ -69,7 +79,7 @@ func TestPlanCoversEveryProgram(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	known := map[string]bool{iterProg: true}
+	known := map[string]bool{iterProg: true, funcsProg: true}
 	for _, p := range probes {
 		known[p.prog] = true
 		if spec.Programs[p.prog] == nil {
@@ -114,6 +124,20 @@ func TestEventLayout(t *testing.T) {
 	size, off = offsets("task_rec")
 	if size != taskRecSize || off["comm"] != 16 || off["stack_len"] != 12 || off["patch_state"] != 8 {
 		t.Errorf("task_rec: size %d, %v", size, off)
+	}
+	size, off = offsets("func_rec")
+	for name, want := range map[string]uint32{"func": 0, "old_func": 8, "new_func": 16, "kind": 24,
+		"index": 28, "depth": 32, "nop": 36, "patched": 37, "transition": 38, "obj_patched": 39,
+		"name": 40, "patch": 40 + funcLen, "object": 40 + funcLen + patchLen} {
+		if off[name] != want {
+			t.Errorf("func_rec.%s at %d, decoder reads %d", name, off[name], want)
+		}
+	}
+	if size != funcRecSize {
+		t.Errorf("struct func_rec is %d bytes, decoder says %d", size, funcRecSize)
+	}
+	if size, _ = offsets("funcs_out"); size != funcsOutSize {
+		t.Errorf("struct funcs_out is %d bytes, decoder says %d", size, funcsOutSize)
 	}
 }
 

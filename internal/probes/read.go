@@ -40,6 +40,15 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 		if err != nil {
 			continue // a newer object's record; skip rather than stop
 		}
+		if raw.Type == funcsChanged {
+			// A change before the last read began is in what it read.
+			if s.funcsWhy == "" && raw.Time >= s.funcsReadAt {
+				for _, e := range s.funcEvents(false) {
+					fn(e)
+				}
+			}
+			continue
+		}
 		fn(s.finish(raw))
 		if time.Since(s.lostChecked) >= pollEvery {
 			s.reportLost(fn)

@@ -38,6 +38,9 @@ func (s *Session) Snapshot() ([]event.Event, error) {
 		return nil, err
 	}
 	out = append(out, tasks...)
+	if s.funcsWhy == "" {
+		out = append(out, s.funcEvents(true)...)
+	}
 	out = append(out, event.Event{Time: now, Type: event.SnapshotEnd, Target: target})
 	return out, nil
 }

@@ -40,6 +40,16 @@ var probes = []probe{
 	{prog: "klp_update_patch_state", symbol: "klp_update_patch_state", args: true, pair: "klp_update_patch_state_ret"},
 	{prog: "klp_update_patch_state_ret", symbol: "klp_update_patch_state", ret: true, args: true, pair: "klp_update_patch_state"},
 	{prog: "klp_copy_process", symbol: "klp_copy_process", args: true},
+	// Where function stacks change: user space re-reads them after each.
+	{prog: "funcs_changed_klp_start_transition", symbol: "klp_start_transition", ret: true},
+	{prog: "funcs_changed_klp_complete_transition", symbol: "klp_complete_transition", ret: true},
+	{prog: "funcs_changed_klp_reverse_transition", symbol: "klp_reverse_transition", ret: true},
+	{prog: "funcs_changed_klp_cancel_transition", symbol: "klp_cancel_transition", ret: true},
+	{prog: "funcs_changed_klp_patch_object", symbol: "klp_patch_object", ret: true},
+	{prog: "funcs_changed_klp_unpatch_objects", symbol: "klp_unpatch_objects", ret: true},
+	{prog: "funcs_changed_klp_discard_nops", symbol: "klp_discard_nops", ret: true},
+	{prog: "funcs_changed_klp_module_coming", symbol: "klp_module_coming", ret: true},
+	{prog: "funcs_changed_klp_module_going", symbol: "klp_module_going", ret: true},
 }
 
 // iterProg is the task iterator of the start-up snapshot.

@@ -1,0 +1,281 @@
+package probes
+
+import (
+	"cmp"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"slices"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/klptop/klptop/internal/event"
+	"github.com/klptop/klptop/internal/ksym"
+)
+
+// funcsProg is the iterator that reads every function stack (klp_ops) and
+// which patch and object each klp_func belongs to (klp_patches).
+const funcsProg = "snapshot_funcs"
+
+// funcsChanged is the internal event of the funcs_changed_* return probes:
+// Read re-reads the stacks on it and never passes it on.
+const funcsChanged event.Type = "funcs_changed"
+
+// Layout of struct func_rec and struct funcs_out (bpf/events.h).
+const (
+	funcRecSize   = 40 + funcLen + 2*patchLen
+	funcsOutSize  = 8
+	frecStack     = 1
+	frecPatch     = 2
+	funcsOverflow = 0x1
+	funcsNoHeads  = 0x2
+	funcsNoBTF    = 0x4
+)
+
+// listHeads are the kernel's lists the funcs iterator walks. Neither has
+// BTF on 6.1 (no global variables there) and klp_ops is static, so their
+// addresses come from kallsyms (CONFIG_KALLSYMS_ALL). Type letters are not
+// checked: 7.2 lists some of this data as text.
+var listHeads = [...]struct{ sym, variable string }{
+	{"klp_patches", "klp_patches_addr"},
+	{"klp_ops", "klp_ops_addr"},
+}
+
+// resolveHeads returns the vmlinux addresses of listHeads, or why not.
+func resolveHeads(kallsyms string) (map[string]uint64, string) {
+	f, err := os.Open(kallsyms)
+	if err != nil {
+		return nil, "kallsyms: " + err.Error()
+	}
+	defer f.Close()
+	syms, err := ksym.Parse(f)
+	if err != nil {
+		return nil, err.Error()
+	}
+	out := make(map[string]uint64)
+	for _, s := range syms {
+		if s.Module != "" || s.Addr == 0 {
+			continue
+		}
+		for _, h := range listHeads {
+			if s.Name == h.sym {
+				out[h.variable] = s.Addr
+			}
+		}
+	}
+	for _, h := range listHeads {
+		if out[h.variable] == 0 {
+			return nil, "no " + h.sym + " in /proc/kallsyms (CONFIG_KALLSYMS_ALL off?)"
+		}
+	}
+	return out, ""
+}
+
+// setHeads gives the funcs iterator its list heads; false (with why) when
+// the function stacks cannot be read here.
+func setHeads(spec *ebpf.CollectionSpec, kallsyms string) (bool, string) {
+	if spec.Programs[funcsProg] == nil {
+		return false, "funcs iterator not in the BPF object"
+	}
+	heads, why := resolveHeads(kallsyms)
+	if why != "" {
+		return false, why
+	}
+	for v, addr := range heads {
+		if err := spec.Variables[v].Set(addr); err != nil {
+			return false, err.Error()
+		}
+	}
+	return true, ""
+}
+
+// funcRec is one decoded struct func_rec.
+type funcRec struct {
+	kind, index, depth           uint32
+	fn, oldFunc, newFunc         uint64
+	nop, patched, trans, objDone bool
+	name, patch, object          string
+}
+
+func decodeFuncRec(b []byte) (funcRec, error) {
+	if len(b) < funcRecSize {
+		return funcRec{}, fmt.Errorf("func record of %d bytes, want %d", len(b), funcRecSize)
+	}
+	le := binary.LittleEndian
+	const offName = 40
+	return funcRec{
+		fn: le.Uint64(b[0:]), oldFunc: le.Uint64(b[8:]), newFunc: le.Uint64(b[16:]),
+		kind: le.Uint32(b[24:]), index: le.Uint32(b[28:]), depth: le.Uint32(b[32:]),
+		nop: b[36] != 0, patched: b[37] != 0, trans: b[38] != 0, objDone: b[39] != 0,
+		name:   cstr(b[offName : offName+funcLen]),
+		patch:  cstr(b[offName+funcLen : offName+funcLen+patchLen]),
+		object: cstr(b[offName+funcLen+patchLen : offName+funcLen+2*patchLen]),
+	}, nil
+}
+
+// FuncStack is one patched function and its versions, newest first.
+type FuncStack struct {
+	Func, Object string
+	Versions     []event.FuncVersion
+}
+
+func (f FuncStack) key() string { return f.Object + "\x00" + f.Func }
+
+// buildStacks joins the two walks: the stacks from klp_ops, the patch and
+// object of each klp_func from klp_patches.
+func buildStacks(recs []funcRec, syms *ksym.Table) []FuncStack {
+	owner := make(map[uint64]funcRec)
+	for _, r := range recs {
+		if r.kind == frecPatch {
+			owner[r.fn] = r
+		}
+	}
+	byOps := make(map[uint32][]funcRec)
+	var order []uint32
+	for _, r := range recs {
+		if r.kind != frecStack {
+			continue
+		}
+		if _, ok := byOps[r.index]; !ok {
+			order = append(order, r.index)
+		}
+		byOps[r.index] = append(byOps[r.index], r)
+	}
+	var out []FuncStack
+	for _, i := range order {
+		st := byOps[i]
+		slices.SortStableFunc(st, func(a, b funcRec) int { return cmp.Compare(a.depth, b.depth) })
+		fs := FuncStack{Func: st[0].name}
+		for _, r := range st {
+			o, known := owner[r.fn]
+			if known && fs.Object == "" {
+				fs.Object = objectName(o.object)
+			}
+			v := event.FuncVersion{Patch: o.patch, Nop: r.nop, Patched: r.patched, Transition: r.trans}
+			if !r.nop && r.newFunc != 0 {
+				if n, _, ok := syms.Name(r.newFunc); ok {
+					v.Func = n
+				} else {
+					v.Func = "?"
+				}
+			}
+			if v.Patch == "" {
+				v.Patch = "?" // freed between the two walks
+			}
+			fs.Versions = append(fs.Versions, v)
+		}
+		if fs.Object == "" {
+			// No owner seen (a patch going away mid-read): where the old
+			// function lives says the object as well.
+			fs.Object = "vmlinux"
+			if _, mod, ok := syms.Name(st[0].oldFunc); ok && mod != "" {
+				fs.Object = mod
+			}
+		}
+		out = append(out, fs)
+	}
+	slices.SortFunc(out, func(a, b FuncStack) int {
+		if c := cmp.Compare(a.Object, b.Object); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Func, b.Func)
+	})
+	return out
+}
+
+func objectName(o string) string {
+	if o == "" {
+		return "vmlinux"
+	}
+	return o
+}
+
+// FuncStacksWhy is empty when function stacks are observable, else why not.
+func (s *Session) FuncStacksWhy() string { return s.funcsWhy }
+
+// FuncStacks reads every patched function's stack now.
+func (s *Session) FuncStacks() ([]FuncStack, error) {
+	if s.funcsWhy != "" {
+		return nil, fmt.Errorf("function stacks not observable here: %s", s.funcsWhy)
+	}
+	it, err := link.AttachIter(link.IterOptions{Program: s.coll.Programs[funcsProg]})
+	if err != nil {
+		return nil, fmt.Errorf("funcs iterator: %w", err)
+	}
+	defer it.Close()
+	r, err := it.Open()
+	if err != nil {
+		return nil, fmt.Errorf("funcs iterator: %w", err)
+	}
+	b, err := io.ReadAll(r)
+	r.Close()
+	if err != nil {
+		return nil, fmt.Errorf("funcs iterator: %w", err)
+	}
+	if len(b) < funcsOutSize {
+		return nil, fmt.Errorf("funcs iterator: %d bytes of output", len(b))
+	}
+	n := binary.LittleEndian.Uint32(b[0:])
+	flags := binary.LittleEndian.Uint32(b[4:])
+	switch {
+	case flags&funcsNoBTF != 0:
+		return nil, fmt.Errorf("function stacks not observable here: kernel BTF has no struct klp_ops")
+	case flags&funcsNoHeads != 0:
+		return nil, fmt.Errorf("function stacks not observable here: list heads not resolved")
+	}
+	m := s.coll.Maps["func_recs"]
+	recs := make([]funcRec, 0, n)
+	buf := make([]byte, funcRecSize)
+	for i := uint32(0); i < n; i++ {
+		if err := m.Lookup(i, &buf); err != nil {
+			return nil, fmt.Errorf("func_recs[%d]: %w", i, err)
+		}
+		fr, err := decodeFuncRec(buf)
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, fr)
+	}
+	st := buildStacks(recs, s.syms)
+	if flags&funcsOverflow != 0 {
+		err = fmt.Errorf("function stacks truncated: more than %d records or a list past its bound", n)
+	}
+	return st, err
+}
+
+// funcEvents reads the stacks and returns a FuncStack event for each one
+// that differs from the last read, and an empty one for each that is gone.
+// all: every stack, changed or not (the snapshot).
+func (s *Session) funcEvents(all bool) []event.Event {
+	s.funcsMu.Lock()
+	defer s.funcsMu.Unlock()
+	now := monotonicNow()
+	st, err := s.FuncStacks()
+	if st == nil && err != nil {
+		return nil
+	}
+	s.funcsReadAt = now
+	seen := make(map[string]FuncStack, len(st))
+	var out []event.Event
+	for _, f := range st {
+		seen[f.key()] = f
+		if old, ok := s.lastFuncs[f.key()]; all || !ok || !reflect.DeepEqual(old.Versions, f.Versions) {
+			out = append(out, event.Event{Time: now, Type: event.FuncStack, Func: f.Func, Object: f.Object, Versions: f.Versions})
+		}
+	}
+	var gone []FuncStack
+	for k, f := range s.lastFuncs {
+		if _, ok := seen[k]; !ok {
+			gone = append(gone, f)
+		}
+	}
+	slices.SortFunc(gone, func(a, b FuncStack) int { return cmp.Compare(a.key(), b.key()) })
+	for _, f := range gone {
+		out = append(out, event.Event{Time: now, Type: event.FuncStack, Func: f.Func, Object: f.Object})
+	}
+	s.lastFuncs = seen
+	return out
+}

@@ -1,0 +1,111 @@
+package probes
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/klptop/klptop/internal/event"
+	"github.com/klptop/klptop/internal/ksym"
+)
+
+// The funcs iterator must load where the kernel has no livepatch types (its
+// CO-RE reads sit behind bpf_core_type_exists) and say why it read nothing.
+func TestFuncsIteratorWithoutLivepatchBTF(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		t.Skip("no kernel BTF")
+	}
+	if _, err := os.Stat("/sys/kernel/livepatch"); err == nil {
+		t.Skip("this kernel has livepatch")
+	}
+	spec, err := loadKlptop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	coll, err := newCollection(spec, map[string]bool{funcsProg: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Session{coll: coll, syms: ksym.New("/proc/kallsyms"), root: "/"}
+	defer s.Close()
+	_, err = s.FuncStacks()
+	if err == nil || !strings.Contains(err.Error(), "not observable here") {
+		t.Fatalf("FuncStacks on a kernel without klp_ops: %v", err)
+	}
+}
+
+func TestResolveHeads(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "kallsyms")
+	// 7.2 lists klp_ops as text: the type letter must not matter.
+	os.WriteFile(p, []byte("ffffffff81000000 T _text\nffffffff82000010 d klp_patches\nffffffff82000100 t klp_ops\nffffffffc0000000 d klp_ops\t[other]\n"), 0o644)
+	h, why := resolveHeads(p)
+	if why != "" || h["klp_patches_addr"] != 0xffffffff82000010 || h["klp_ops_addr"] != 0xffffffff82000100 {
+		t.Errorf("heads %x, why %q", h, why)
+	}
+	os.WriteFile(p, []byte("ffffffff81000000 T _text\nffffffff82000010 d klp_patches\n"), 0o644)
+	if _, why := resolveHeads(p); !strings.Contains(why, "no klp_ops") {
+		t.Errorf("why = %q", why)
+	}
+}
+
+// Two patches on cmdline_proc_show and a replace patch's nop: the stack comes
+// from the klp_ops walk, newest first; patch and object from klp_patches.
+func TestBuildStacks(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "kallsyms")
+	os.WriteFile(p, []byte(`ffffffff81400000 t cmdline_proc_show
+ffffffff81400100 t meminfo_proc_show
+ffffffff81400800 t other
+ffffffffc0001000 t livepatch_cmdline_proc_show	[livepatch_sample]
+ffffffffc0001100 t livepatch_end	[livepatch_sample]
+ffffffffc0002000 t livepatch_cmdline_proc_show	[test_klp_livepatch]
+ffffffffc0002100 t livepatch_end	[test_klp_livepatch]
+`), 0o644)
+	recs := []funcRec{
+		// klp_ops 0: cmdline_proc_show, depth 1 sent first on purpose.
+		{kind: frecStack, index: 0, depth: 1, fn: 0xa1, oldFunc: 0xffffffff81400000, newFunc: 0xffffffffc0001000, patched: true, name: "cmdline_proc_show"},
+		{kind: frecStack, index: 0, depth: 0, fn: 0xb1, oldFunc: 0xffffffff81400000, newFunc: 0xffffffffc0002000, patched: true, trans: true, name: "cmdline_proc_show"},
+		// klp_ops 1: a nop whose owner vanished between the walks.
+		{kind: frecStack, index: 1, depth: 0, fn: 0xc1, oldFunc: 0xffffffff81400100, nop: true, patched: true, name: "meminfo_proc_show"},
+		{kind: frecPatch, index: 0, fn: 0xa1, patch: "livepatch_sample", name: "cmdline_proc_show"},
+		{kind: frecPatch, index: 1, fn: 0xb1, patch: "test_klp_livepatch", name: "cmdline_proc_show"},
+	}
+	got := buildStacks(recs, ksym.New(p))
+	want := []FuncStack{
+		{Func: "cmdline_proc_show", Object: "vmlinux", Versions: []event.FuncVersion{
+			{Patch: "test_klp_livepatch", Func: "livepatch_cmdline_proc_show", Patched: true, Transition: true},
+			{Patch: "livepatch_sample", Func: "livepatch_cmdline_proc_show", Patched: true},
+		}},
+		{Func: "meminfo_proc_show", Object: "vmlinux", Versions: []event.FuncVersion{
+			{Patch: "?", Nop: true, Patched: true},
+		}},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %+v\nwant %+v", got, want)
+	}
+}
+
+func TestDecodeFuncRec(t *testing.T) {
+	b := make([]byte, funcRecSize)
+	b[0] = 0xa1
+	b[24] = frecPatch
+	b[28] = 3
+	b[36], b[38] = 1, 1
+	copy(b[40:], "cmdline_proc_show")
+	copy(b[40+funcLen:], "livepatch_sample")
+	copy(b[40+funcLen+patchLen:], "nfsd")
+	r, err := decodeFuncRec(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.fn != 0xa1 || r.kind != frecPatch || r.index != 3 || !r.nop || r.patched || !r.trans ||
+		r.name != "cmdline_proc_show" || r.patch != "livepatch_sample" || r.object != "nfsd" {
+		t.Errorf("decoded %+v", r)
+	}
+}
