@@ -123,8 +123,23 @@ func readTrace(t *testing.T, path string) *recording {
 		t.Errorf("%s: last line cut off: klptop did not finish writing", path)
 	}
 	counts := map[event.Type]int{}
-	for _, e := range rec.events {
+	var lost uint64
+	var back []string
+	for i, e := range rec.events {
 		counts[e.Type]++
+		lost += e.Count * uint64(btoi(e.Type == event.Lost))
+		if i > 0 && e.Time < rec.events[i-1].Time {
+			back = append(back, fmt.Sprintf("line %d %s %.6fs after %s %.6fs", i+2, e.Type, float64(e.Time)/1e9,
+				rec.events[i-1].Type, float64(rec.events[i-1].Time)/1e9))
+		}
+	}
+	// Not an error in itself: events from different CPUs or from user space
+	// may interleave; milestones are checked for order where it matters.
+	if len(back) > 0 {
+		t.Logf("%s: %d events earlier than the one before, first: %s", filepath.Base(path), len(back), strings.Join(back[:min(3, len(back))], "; "))
+	}
+	if lost > 0 {
+		t.Errorf("%s: klptop lost %d events: every check below is on partial data", path, lost)
 	}
 	t.Logf("%s: %d events %v; attached %d probes, missing %v", filepath.Base(path), len(rec.events), counts, len(rec.header.Attached), rec.header.Missing)
 	return rec
@@ -354,4 +369,11 @@ func tasksWithFunc(fn string) []int {
 
 func comm(pid int) string {
 	return readAttr(fmt.Sprintf("/proc/%d/comm", pid))
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
