@@ -21,15 +21,26 @@ const pollEvery = 200 * time.Millisecond
 // the session is closed (nil too). fn runs on Read's goroutine.
 func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 	var rec ringbuf.Record
+	draining := false
 	for {
-		if ctx.Err() != nil {
-			return nil
+		if !draining && ctx.Err() != nil {
+			// What the kernel already wrote belongs to the recording: a
+			// command's last transition often ends just before klptop stops.
+			// An expired deadline still returns what is in the ring first.
+			draining = true
 		}
-		s.rd.SetDeadline(time.Now().Add(pollEvery))
+		if draining {
+			s.rd.SetDeadline(time.Now())
+		} else {
+			s.rd.SetDeadline(time.Now().Add(pollEvery))
+		}
 		err := s.rd.ReadInto(&rec)
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			s.reportLost(fn)
+			if draining {
+				return nil
+			}
 			continue
 		case errors.Is(err, ringbuf.ErrClosed):
 			return nil
