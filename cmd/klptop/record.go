@@ -138,13 +138,15 @@ func runRecord(args []string, stderr io.Writer) error {
 
 // finish stops the reader and flushes everything it delivered.
 func finish(w *trace.Writer, sess interface{ Close() error }, readErr chan error, stderr io.Writer, out string) error {
-	sess.Close()
+	// The context is cancelled: the reader drains the ring buffer and
+	// returns. Closing the session first would cut the drain short.
 	var rerr error
 	select {
 	case rerr = <-readErr:
-	case <-time.After(2 * time.Second):
+	case <-time.After(3 * time.Second):
 		rerr = errors.New("probe reader did not stop")
 	}
+	sess.Close()
 	if err := w.Flush(); err != nil {
 		return err
 	}
