@@ -30,6 +30,7 @@ const usage = `klptop: top for Linux kernel livepatch
 usage:
   klptop [flags]                         live view (needs root and a livepatch kernel)
   klptop record -o FILE [-- CMD ARGS]    record events until Ctrl-C or until CMD exits
+  klptop status [--json]                 patches, transition, pending tasks, function stacks, once
   klptop replay [--speed 1|10|max] FILE  the live view over a recording
   klptop report [--json] FILE            summarize a recording; exit 1 if a transition never completed
   klptop export --format perfetto FILE -o OUT.json
@@ -53,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runLive(rest, stderr)
 	case "record":
 		err = runRecord(rest, stderr)
+	case "status":
+		err = runStatus(rest, stdout, stderr)
 	case "replay":
 		err = runReplay(rest, stdout, stderr)
 	case "report":

@@ -52,6 +52,16 @@ func TestNoLivepatchHere(t *testing.T) {
 		!(strings.Contains(stderr, "livepatch") || strings.Contains(stderr, "root")) {
 		t.Errorf("live: exit %d, stderr %q", code, stderr)
 	}
+	for _, json := range []bool{false, true} {
+		args := []string{"status"}
+		if json {
+			args = append(args, "--json")
+		}
+		code, stdout, stderr := runArgs(args...)
+		if code != 2 || stdout != "" || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q", args, code, stdout, stderr)
+		}
+	}
 	f := filepath.Join(t.TempDir(), "old.jsonl")
 	os.WriteFile(f, []byte("precious\n"), 0o644)
 	code, _, _ = runArgs("record", "-o", f, "--", "true")

@@ -17,17 +17,23 @@ import (
 // that says what is missing and what to do, with exit status 2.
 func openProbes(backend string) (*probes.Session, error) {
 	s, err := probes.Open(probes.Options{Backend: backend})
-	switch {
-	case err == nil:
-		return s, nil
-	case errors.Is(err, probes.ErrNotRoot):
-		return nil, fail(2, "%v: run 'sudo klptop'", err)
-	case errors.Is(err, probes.ErrNoLivepatch):
-		return nil, fail(2, "%v: nothing to watch here; 'make demo' shows klptop on a real livepatch kernel in a guest", err)
-	case errors.Is(err, probes.ErrNoBPF):
-		return nil, fail(2, "%s", oneLine(err.Error()))
+	if err != nil {
+		return nil, openError(err)
 	}
-	return nil, fmt.Errorf("open probes: %w", err)
+	return s, nil
+}
+
+// openError is the one-line message (exit 2) for why probes cannot open.
+func openError(err error) error {
+	switch {
+	case errors.Is(err, probes.ErrNotRoot):
+		return fail(2, "%v: run 'sudo klptop'", err)
+	case errors.Is(err, probes.ErrNoLivepatch):
+		return fail(2, "%v: nothing to watch here; 'make demo' shows klptop on a real livepatch kernel in a guest", err)
+	case errors.Is(err, probes.ErrNoBPF):
+		return fail(2, "%s", oneLine(err.Error()))
+	}
+	return fmt.Errorf("open probes: %w", err)
 }
 
 // notes are the start-up lines: what attached, how, and what is not observable.
@@ -39,6 +45,9 @@ func notes(info probes.Info) []string {
 			m = append(m, x.Symbol+" ("+x.Why+")")
 		}
 		n = append(n, "not observable here: "+strings.Join(m, ", "))
+	}
+	if info.FuncsWhy != "" {
+		n = append(n, "function stacks not observable here: "+info.FuncsWhy)
 	}
 	return n
 }

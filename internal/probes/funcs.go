@@ -248,16 +248,19 @@ func (s *Session) FuncStacks() ([]FuncStack, error) {
 
 // funcEvents reads the stacks and returns a FuncStack event for each one
 // that differs from the last read, and an empty one for each that is gone.
-// all: every stack, changed or not (the snapshot).
-func (s *Session) funcEvents(all bool) []event.Event {
+// all: every stack, changed or not (the snapshot). The events carry stamp,
+// the time of the change that asked for the read: the read itself comes
+// later, behind the ring buffer, and its own time would put the events out
+// of order in a trace.
+func (s *Session) funcEvents(all bool, stamp uint64) []event.Event {
 	s.funcsMu.Lock()
 	defer s.funcsMu.Unlock()
-	now := monotonicNow()
+	s.funcsReadAt = monotonicNow()
+	now := stamp
 	st, err := s.FuncStacks()
 	if st == nil && err != nil {
 		return nil
 	}
-	s.funcsReadAt = now
 	seen := make(map[string]FuncStack, len(st))
 	var out []event.Event
 	for _, f := range st {

@@ -52,9 +52,12 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 			continue // a newer object's record; skip rather than stop
 		}
 		if raw.Type == funcsChanged {
-			// A change before the last read began is in what it read.
+			// A change before the last read began is in what it read. The
+			// read shows the stacks as they are now, which may be past this
+			// change already: a stack that lived shorter than the ring
+			// buffer's latency is not seen.
 			if s.funcsWhy == "" && raw.Time >= s.funcsReadAt {
-				for _, e := range s.funcEvents(false) {
+				for _, e := range s.funcEvents(false, raw.Time) {
 					fn(e)
 				}
 			}

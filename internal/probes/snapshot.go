@@ -39,7 +39,7 @@ func (s *Session) Snapshot() ([]event.Event, error) {
 	}
 	out = append(out, tasks...)
 	if s.funcsWhy == "" {
-		out = append(out, s.funcEvents(true)...)
+		out = append(out, s.funcEvents(true, now)...)
 	}
 	out = append(out, event.Event{Time: now, Type: event.SnapshotEnd, Target: target})
 	return out, nil

@@ -47,6 +47,8 @@ type State struct {
 	Lost uint64
 	// SnapshotDone: the start-up snapshot has been read (SnapshotEnd seen).
 	SnapshotDone bool
+	// Funcs are the patched functions by object and name (see FuncList).
+	Funcs map[string]*Func
 }
 
 // Patch is one livepatch on the stack.
@@ -248,6 +250,8 @@ func (s *State) Apply(e event.Event) {
 		s.finish(e, true)
 	case event.Lost:
 		s.Lost += e.Count
+	case event.FuncStack:
+		s.funcStack(e)
 	}
 }
 

@@ -1,0 +1,119 @@
+package status
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/klptop/klptop/internal/event"
+	"github.com/klptop/klptop/internal/state"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+func fold(evs []event.Event) *state.State {
+	st := state.New()
+	for _, e := range evs {
+		st.Apply(e)
+	}
+	return st
+}
+
+func v(patch, fn string, nop, tr bool) event.FuncVersion {
+	return event.FuncVersion{Patch: patch, Func: fn, Nop: nop, Patched: true, Transition: tr}
+}
+
+// Two patches on cmdline_proc_show, idle.
+var idle = []event.Event{
+	{Time: 10, Type: event.PatchSnapshot, Patch: "livepatch_sample", Enabled: true, Seq: 0},
+	{Time: 10, Type: event.PatchSnapshot, Patch: "test_klp_livepatch", Enabled: true, Seq: 1},
+	{Time: 10, Type: event.TaskSnapshot, PID: 1, TGID: 1, Comm: "init", PatchState: -1, Target: -1},
+	{Time: 10, Type: event.FuncStack, Func: "cmdline_proc_show", Object: "vmlinux", Versions: []event.FuncVersion{
+		v("test_klp_livepatch", "livepatch_cmdline_proc_show", false, false),
+		v("livepatch_sample", "livepatch_cmdline_proc_show", false, false)}},
+	{Time: 10, Type: event.SnapshotEnd, Target: -1},
+}
+
+// test_klp_livepatch patching on top of livepatch_sample; one task sleeps in
+// the version it replaces, one holds no patched frame. An atomic replace's
+// nop shows the nop runs the original.
+var stall = []event.Event{
+	{Time: 10, Type: event.PatchSnapshot, Patch: "livepatch_sample", Enabled: true, Seq: 0},
+	{Time: 10, Type: event.PatchSnapshot, Patch: "test_klp_livepatch", Enabled: true, InTransition: true, Seq: 1, Target: 1},
+	{Time: 10, Type: event.TaskSnapshot, PID: 1, TGID: 1, Comm: "init", PatchState: 1, Target: 1},
+	{Time: 10, Type: event.TaskSnapshot, PID: 57, TGID: 57, Comm: "cat", PatchState: 0, Target: 1, Stack: []string{
+		"__schedule+0x34c/0x9e0", "livepatch_cmdline_proc_show+0x20/0x40 [livepatch_sample]", "seq_read_iter+0x11f/0x460"}},
+	{Time: 10, Type: event.TaskSnapshot, PID: 60, TGID: 60, Comm: "kworker/0:1", PatchState: 0, Target: 1, Stack: []string{
+		"__schedule+0x34c/0x9e0", "worker_thread+0xb0/0x390"}},
+	{Time: 10, Type: event.FuncStack, Func: "cmdline_proc_show", Object: "vmlinux", Versions: []event.FuncVersion{
+		v("test_klp_livepatch", "livepatch_cmdline_proc_show", false, true),
+		v("livepatch_sample", "livepatch_cmdline_proc_show", false, false)}},
+	{Time: 10, Type: event.FuncStack, Func: "meminfo_proc_show", Object: "vmlinux", Versions: []event.FuncVersion{
+		v("test_klp_livepatch", "", true, true)}},
+	{Time: 10, Type: event.SnapshotEnd, Target: 1},
+}
+
+func TestGolden(t *testing.T) {
+	for _, c := range []struct {
+		name, note string
+		evs        []event.Event
+	}{
+		{"idle", "", idle},
+		{"stall", "", stall},
+		{"no-funcs", "no klp_ops in /proc/kallsyms (CONFIG_KALLSYMS_ALL off?)", idle[:3]},
+		{"empty", "", nil},
+	} {
+		s := Build(fold(c.evs), "6.1.0-56-amd64", c.note)
+		var txt, js bytes.Buffer
+		if err := s.Text(&txt); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.JSON(&js); err != nil {
+			t.Fatal(err)
+		}
+		var back Status
+		if err := json.Unmarshal(js.Bytes(), &back); err != nil {
+			t.Errorf("%s: JSON does not read back: %v", c.name, err)
+		}
+		golden(t, c.name+".txt", txt.Bytes())
+		golden(t, c.name+".json", js.Bytes())
+	}
+}
+
+func TestStallReasons(t *testing.T) {
+	s := Build(fold(stall), "", "")
+	if s.Transition == nil || s.Transition.Direction != "patching" || len(s.Pending) != 2 {
+		t.Fatalf("status %+v", s)
+	}
+	if p := s.Pending[0]; p.PID != 57 || p.Reason != ReasonSleeping || p.Func != "livepatch_cmdline_proc_show" {
+		t.Errorf("cat: %+v", p)
+	}
+	if p := s.Pending[1]; p.PID != 60 || p.Reason != ReasonNoFrame {
+		t.Errorf("kworker: %+v", p)
+	}
+	f := s.Functions[0]
+	if f.RunsPatched != "livepatch_cmdline_proc_show (test_klp_livepatch)" || f.RunsUnpatched != "livepatch_cmdline_proc_show (livepatch_sample)" {
+		t.Errorf("runs: %+v", f)
+	}
+}
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	p := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(p, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("%v (go test -update writes it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs from the golden file:\n%s", name, got)
+	}
+}
