@@ -10,9 +10,12 @@ import (
 // reasons mean is the question operators come with.
 func (m Model) helpView() string {
 	var keys string
-	if m.under == viewStack {
+	switch m.under {
+	case viewStack:
 		keys = m.fullHelp(m.stackKeys.FullHelp())
-	} else {
+	case viewFuncs:
+		keys = m.fullHelp(m.funcsKeys.FullHelp())
+	default:
 		keys = m.fullHelp(m.mainKeyMap().FullHelp())
 	}
 	th := m.theme
@@ -32,6 +35,10 @@ func (m Model) helpView() string {
 		"  sleeping on F      F, a function the patch replaces, is on its stack",
 		"",
 		"  patch_state: -1 idle, 0 unpatched, 1 patched.",
+		"",
+		"  functions (f): each patched function's stack of versions, newest first.",
+		"  The head runs; while it is in transition, tasks still unpatched run the",
+		"  version below it (or the original). A nop runs the original.",
 	}
 	if m.replay != nil {
 		text = append(text, "")

@@ -41,6 +41,7 @@ const (
 	viewMain view = iota
 	viewStack
 	viewHelp
+	viewFuncs
 )
 
 // Messages the program receives besides terminal input.
@@ -71,11 +72,13 @@ type Model struct {
 
 	keys       mainKeys
 	stackKeys  stackKeys
+	funcsKeys  funcsKeys
 	helpKeys   helpKeys
 	help       help.Model
 	transition transitionView
 	tasks      tasksView
 	stack      stackView
+	funcs      funcsView
 
 	// replay is nil in live mode; see NewReplay.
 	replay     *Replay
@@ -99,6 +102,7 @@ func New(ch <-chan event.Event, opts Options) Model {
 		height:     24,
 		keys:       newMainKeys(),
 		stackKeys:  newStackKeys(),
+		funcsKeys:  newFuncsKeys(),
 		helpKeys:   newHelpKeys(),
 		help:       help.New(),
 		transition: newTransitionView(th),
@@ -218,10 +222,31 @@ func (m Model) handleKey(msg tea.KeyPressMsg) (Model, bool) {
 		case key.Matches(msg, m.stackKeys.Down):
 			m.stack.vp.ScrollDown(1)
 		}
+	case viewFuncs:
+		switch {
+		case key.Matches(msg, m.funcsKeys.Quit):
+			return m, true
+		case key.Matches(msg, m.funcsKeys.Back):
+			if m.funcs.open {
+				m.funcs.open = false
+			} else {
+				m.view = viewMain
+			}
+		case key.Matches(msg, m.funcsKeys.Help):
+			m.under, m.view = viewFuncs, viewHelp
+		case key.Matches(msg, m.funcsKeys.Open):
+			m.funcs.enter(m.st)
+		case key.Matches(msg, m.funcsKeys.Up):
+			m.funcs.move(m.st, -1)
+		case key.Matches(msg, m.funcsKeys.Down):
+			m.funcs.move(m.st, 1)
+		}
 	default:
 		switch {
 		case key.Matches(msg, m.keys.Quit):
 			return m, true
+		case key.Matches(msg, m.keys.Funcs):
+			m.view, m.funcs.open = viewFuncs, false
 		case key.Matches(msg, m.keys.Help):
 			m.under, m.view = viewMain, viewHelp
 		case key.Matches(msg, m.keys.Stack):
@@ -288,6 +313,10 @@ func (m Model) View() tea.View {
 	case viewHelp:
 		body = m.helpView()
 		footer = m.help.View(m.helpKeys)
+	case viewFuncs:
+		body = renderHeader(m.theme, m.opts, m.st, m.closed, m.width) + "\n\n" +
+			m.funcs.view(m.theme, m.st, m.width, m.height-lipgloss.Height(renderHeader(m.theme, m.opts, m.st, m.closed, m.width))-2)
+		footer = m.help.View(m.funcsKeys)
 	default:
 		body = m.top() + "\n\n" + m.tasks.view(m.theme, m.st, m.width)
 		footer = m.help.View(m.mainKeyMap())

@@ -47,6 +47,6 @@ func (k replayMainKeys) FullHelp() [][]key.Binding {
 		{k.r.Play, k.r.Step, k.r.Next, k.r.Prev, k.r.Stall},
 		{k.r.Faster, k.r.Slower, k.r.Speed1, k.r.Speed10, k.r.SpeedMax},
 		{k.m.Up, k.m.Down, k.m.Top, k.m.Bottom},
-		{k.m.Stack, k.m.Help, k.m.Quit},
+		{k.m.Stack, k.m.Funcs, k.m.Help, k.m.Quit},
 	}
 }
