@@ -1,16 +1,29 @@
 # Guest (qemu) targets, included by the top-level Makefile. vm/vm.sh does the
 # work; it needs root (apt-get, the cache) and caches everything outside the
 # checkout, keyed by kernel ABI.
+#
+# KERNEL (6.1, 6.12 or 7.x) picks the guest kernel of demo, vmshell,
+# vmselftests and vmprepare; vmtest runs on each of KERNELS, which is KERNEL
+# when that is given, else all three.
+ifneq ($(origin KERNEL),undefined)
+KERNELS ?= $(KERNEL)
+endif
 KERNEL ?= 6.1
+KERNELS ?= 6.1 6.12 7.x
 KLPTOP_CACHE ?= /var/cache/klptop
 VM_ENV = KERNEL=$(KERNEL) KLPTOP_CACHE=$(KLPTOP_CACHE)
 
 .PHONY: vmtest demo vmshell vmselftests vmprepare vmtestdata
 
-# e2e tests of the real klptop in a guest; ends with "N passed, N failed".
-# TESTFLAGS="-test.run Stall" narrows them.
+# e2e tests of the real klptop in a guest, one guest per kernel in KERNELS;
+# each ends with "N passed, N failed", then one line per kernel.
+# TESTFLAGS="-test.run Stall" narrows the tests, KERNELS="6.12" the kernels.
 vmtest:
-	$(VM_ENV) vm/vm.sh test
+	@fail=0; sum=""; for k in $(KERNELS); do \
+		t=$$(date +%s); \
+		if KERNEL=$$k KLPTOP_CACHE=$(KLPTOP_CACHE) vm/vm.sh test; then r=ok; else r=FAIL; fail=1; fi; \
+		sum="$$sum$$(printf '\n  %-5s %-4s %4ss' $$k $$r $$(($$(date +%s) - t)))"; \
+	done; echo "vmtest:$$sum"; exit $$fail
 
 # klptop's live TUI in this terminal while a transition stalls and completes.
 demo:

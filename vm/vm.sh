@@ -15,11 +15,15 @@
 #   prepare    only fetch and build what the guest needs (cached)
 #
 # Environment:
-#   KERNEL=6.1              which kernel (see kernel_setup for adding more)
+#   KERNEL=6.1              6.1 (bookworm), 6.12 (bookworm-backports' newest
+#                           6.12), 7.x (sid's newest); see kernel_setup
+#   MIRROR=<derived>        Debian mirror for 6.12/7.x; default: the one the
+#                           machine's apt configuration uses for its release
 #   KLPTOP_CACHE=/var/cache/klptop   downloads and builds, keyed by kernel ABI
-#   KVER=<resolved>         kernel ABI; default: what linux-image-amd64 points to
+#   KVER=<resolved>         kernel ABI; default: what the suite's linux-image-amd64
+#                           points to (the newest, for 6.12 and 7.x)
 #   OUT=$KLPTOP_CACHE/out/$KVER/$MODE   files the guest hands back
-#   MEM=1024 SMP=2 TIMEOUT=900 APPEND="extra kernel args"
+#   MEM=1024 SMP=2 (7.x: 1) TIMEOUT=900 APPEND="extra kernel args"
 #   TESTFLAGS="-test.run X"  extra flags for the guest test binary
 #   SKIP_APT=1              do not touch apt (packages known to be present)
 #   STALL_SECONDS=25        demo: how long the transition stays stuck
@@ -55,10 +59,12 @@ step() {
 #   k_host_pkgs the Debian packages it needs installed on the host
 #   k_fetch     put vmlinuz, config and modules.builtin* under $KDIR/boot,
 #               the livepatch sources under $KDIR/src
-#   HDR         the kbuild tree the modules are built against
+#   HDR_FN      the kbuild tree the modules are built against
+#   k_make      make against it (7.x: in the sid build root)
 #   SMP_DEFAULT vCPUs (7.x under multi-threaded TCG needs 1, see the notes)
-# Adding 6.12 (bookworm-backports) or 7.x (sid) means a private apt config for
-# that suite (never the machine's) and, for sid, a sid build root for kbuild.
+#   SUITE       the Debian suite, when it is not the machine's own
+# 6.12 and 7.x come from other suites than the machine's own (see APT below):
+# their image and source packages are downloaded and unpacked, never installed.
 kernel_setup() {
 	case $KERNEL in
 	6.1)
@@ -83,10 +89,175 @@ kernel_setup() {
 				"linux-source-$MM/tools/testing/selftests/livepatch"
 		}
 		HDR_FN() { echo "/usr/src/linux-headers-$KVER"; }
+		k_make() { make -s -C "$(HDR_FN)" "$@"; }
 		;;
-	*) die "KERNEL=$KERNEL: only 6.1 is set up (see kernel_setup)" ;;
+	6.12)
+		# bookworm-backports: built with bookworm's gcc-12 and pahole, so its
+		# modules build on the host against unpacked (not installed) headers.
+		SMP_DEFAULT=2
+		SUITE=bookworm-backports
+		k_resolve() {
+			KVER=${KVER:-$(newest_abi '6\.12\.[0-9]+[^ ,]*-amd64')}
+			MM=6.12
+		}
+		k_host_pkgs() { echo gcc-12 dwarves; }
+		k_fetch() {
+			local deb=$KDIR/deb f
+			fetch_debs "linux-image-$KVER" "linux-headers-$KVER" \
+				"linux-headers-${KVER%-amd64}-common" "linux-kbuild-${KVER%-amd64}"
+			dpkg-deb --fsys-tarfile "$deb"/linux-image-"$KVER"_*.deb |
+				tar -x -C "$KDIR" --wildcards './boot/*' \
+					"./lib/modules/$KVER/modules.builtin*" "./lib/modules/$KVER/modules.order"
+			for f in "$deb"/linux-headers-*.deb "$deb"/linux-kbuild-*.deb; do
+				dpkg-deb -x "$f" "$KDIR/hdr"
+			done
+			# Its Makefile includes the -common tree by absolute path: make
+			# that relative to where it was unpacked.
+			sed -i 's|^include /usr/src/\(.*\)$|include $(dir $(lastword $(MAKEFILE_LIST)))../\1|' \
+				"$(HDR_FN)/Makefile"
+			rm -rf "$deb"
+			fetch_source
+		}
+		HDR_FN() { echo "$KDIR/hdr/usr/src/linux-headers-$KVER"; }
+		k_make() { make -s -C "$(HDR_FN)" "$@"; }
+		;;
+	7.x)
+		# sid's newest: built with sid's compiler and kbuild (newer glibc than
+		# the host's), so its modules build in a sid chroot. 1 vCPU: under
+		# multi-threaded TCG with 2, flipping the livepatch static key oopses
+		# (an emulation fault, not a kernel one).
+		SMP_DEFAULT=1
+		SUITE=sid
+		k_resolve() {
+			KVER=${KVER:-$(newest_abi '[0-9]+\.[0-9.]+[^ ,]*-amd64')}
+			MM=$(cut -d. -f1,2 <<< "$KVER")
+		}
+		k_host_pkgs() { echo mmdebstrap debian-archive-keyring; }
+		k_fetch() {
+			local deb=$KDIR/deb x=$KDIR/deb/x
+			# The image is split: vmlinuz in linux-binary, config and the
+			# module lists in linux-base, both under /usr/lib/modules.
+			fetch_debs "linux-binary-$KVER" "linux-base-$KVER"
+			dpkg-deb -x "$deb"/linux-binary-"$KVER"_*.deb "$x"
+			dpkg-deb -x "$deb"/linux-base-"$KVER"_*.deb "$x"
+			x=$x/usr/lib/modules/$KVER
+			mkdir -p "$KDIR/boot" "$KDIR/lib/modules/$KVER"
+			cp "$x/vmlinuz" "$KDIR/boot/vmlinuz-$KVER"
+			cp "$x/config" "$KDIR/boot/config-$KVER"
+			cp "$x"/modules.{builtin,builtin.modinfo,order} "$KDIR/lib/modules/$KVER/"
+			rm -rf "$deb"
+			fetch_source
+		}
+		HDR_FN() { echo "/usr/src/linux-headers-$KVER"; }
+		k_make() { sid_root_make -C "$(HDR_FN)" "$@"; }
+		;;
+	*) die "KERNEL=$KERNEL: one of 6.1, 6.12, 7.x (see kernel_setup)" ;;
 	esac
 	SMP=${SMP:-$SMP_DEFAULT}
+}
+
+# ---------------------------------------------------------------------- APT
+# 6.12 and 7.x: apt-get and apt-cache on a private configuration under the
+# cache, one per suite, with the Debian mirror the machine is configured with.
+# The machine's own apt configuration is never changed.
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+SUITE=
+
+apt_mirror() {
+	local codename
+	codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+	# The archive that serves the machine's own release (not -security).
+	apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 2> /dev/null |
+		awk -v c="$codename" '$2 == c { print $1; exit }'
+}
+
+aptp() {
+	local tool=$1 dir=$CACHE/apt/$SUITE
+	shift
+	# sid's index on the mirror may carry an expired Valid-Until.
+	"$tool" -o Dir::Etc::SourceList="$dir/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+		-o Dir::State::Lists="$dir/lists" -o Dir::Cache="$dir/cache" \
+		-o Dir::State::Status=/dev/null -o Acquire::Check-Valid-Until=false "$@"
+}
+
+private_apt() {
+	local dir=$CACHE/apt/$SUITE stamp=$CACHE/apt/$SUITE/update.stamp
+	mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial"
+	if [[ ! -s $dir/sources.list ]]; then
+		MIRROR=${MIRROR:-$(apt_mirror)}
+		[[ -n $MIRROR ]] || die "no Debian mirror in the machine's apt configuration: set MIRROR"
+		printf 'deb [signed-by=%s] %s %s main\n' "$KEYRING" "$MIRROR" "$SUITE" > "$dir/sources.list"
+	fi
+	if [[ -z ${SKIP_APT:-} && -z $(find "$stamp" -mmin -1440 2> /dev/null) ]]; then
+		aptp apt-get update -q >&2 && touch "$stamp"
+	fi
+}
+
+# newest_abi RE: the newest kernel ABI the suite's linux-image-amd64 points to.
+newest_abi() {
+	aptp apt-cache show linux-image-amd64 2> /dev/null |
+		grep -oE "linux-image-$1" | sed 's/^linux-image-//' | sort -uV | tail -1
+}
+
+# fetch_debs PKG...: download into $KDIR/deb from the private configuration.
+fetch_debs() {
+	local deb=$KDIR/deb
+	mkdir -p "$deb" && chown _apt "$deb" 2> /dev/null || true
+	(cd "$deb" && aptp apt-get download -q "$@" >&2)
+}
+
+# fetch_source: the livepatch samples and selftests out of linux-source-MM of
+# the same package version as the image (~150 MB, deleted once unpacked).
+fetch_source() {
+	local v
+	v=$(aptp apt-cache show "linux-image-$KVER" 2> /dev/null | sed -n 's/^Version: //p' | sort -V | tail -1)
+	[[ -n $v ]] || die "no linux-image-$KVER in $SUITE"
+	fetch_debs "linux-source-$MM=$v"
+	dpkg-deb --fsys-tarfile "$KDIR"/deb/linux-source-"$MM"_*.deb |
+		tar -xO "./usr/src/linux-source-$MM.tar.xz" |
+		tar -xJ -C "$KDIR/src" --strip-components=1 "linux-source-$MM/samples/livepatch" \
+			"linux-source-$MM/tools/testing/selftests/livepatch"
+	rm -rf "$KDIR/deb"
+}
+
+# ------------------------------------------------------------ sid build root
+# One sid chroot for every sid kernel, with the headers of each ABI it built
+# for: mmdebstrap'd once (~25 s, ~450 MB), then apt-get in it for a new ABI.
+SID_ROOT=
+
+sid_root() {
+	SID_ROOT=$CACHE/sid-root
+	[[ -d $SID_ROOT/usr/src/linux-headers-$KVER ]] && return
+	if [[ -x $SID_ROOT/usr/bin/apt-get ]]; then
+		chroot "$SID_ROOT" apt-get update -q >&2
+		chroot "$SID_ROOT" apt-get install -y -q --no-install-recommends "linux-headers-$KVER" >&2
+	else
+		MIRROR=${MIRROR:-$(apt_mirror)}
+		rm -rf "$SID_ROOT.tmp"
+		mmdebstrap --variant=minbase --keyring="$KEYRING" \
+			--aptopt='Acquire::Check-Valid-Until "false"' \
+			--include="make,linux-headers-$KVER" sid "$SID_ROOT.tmp" "$MIRROR" >&2
+		mv "$SID_ROOT.tmp" "$SID_ROOT"
+	fi
+	log "sid build root: $(du -sh "$SID_ROOT" | cut -f1)"
+}
+
+# sid_root_make ARGS: make in the sid chroot, with M= outside it mapped in.
+sid_root_make() {
+	local args=() a m
+	for a in "$@"; do
+		case $a in
+		M=*) m=${a#M=}; a=M=/build/lp ;;
+		esac
+		args+=("$a")
+	done
+	rm -rf "$SID_ROOT/build/lp" && mkdir -p "$SID_ROOT/build"
+	cp -r "$m" "$SID_ROOT/build/lp"
+	# A private mount namespace: the chroot's /proc goes away with it.
+	unshare --mount --fork sh -c 'mount -t proc proc "$0/proc" && exec chroot "$0" make -s "$@"' \
+		"$SID_ROOT" "${args[@]}"
+	cp "$SID_ROOT"/build/lp/*.ko "$m/"
+	rm -rf "$SID_ROOT/build/lp"
 }
 
 # ----------------------------------------------------------------- packages
@@ -108,8 +279,9 @@ packages() {
 	# Lists older than a day (or none, on a fresh machine) cannot be trusted to
 	# name the current kernel ABI.
 	if [[ -z ${SKIP_APT:-} ]] && ! apt_lists_fresh; then apt_update; fi
+	[[ -z $SUITE ]] || private_apt
 	k_resolve
-	[[ -n $KVER ]] || die "cannot resolve the kernel ABI from linux-image-amd64"
+	[[ -n $KVER ]] || die "cannot resolve the kernel ABI from linux-image-amd64${SUITE:+ in $SUITE}"
 	local want missing
 	want=("${HOST_PKGS[@]}" $(k_host_pkgs))
 	# Not installed: unknown to dpkg, or known in any state but installed.
@@ -147,7 +319,12 @@ build_modules() {
 	# One Kbuild for all of them: the in-tree Makefiles are gated on
 	# CONFIG_SAMPLE_LIVEPATCH / CONFIG_TEST_LIVEPATCH, which Debian leaves off.
 	(cd "$m" && for f in *.c; do echo "obj-m += ${f%.c}.o"; done > Kbuild)
-	make -s -C "$(HDR_FN)" M="$m" -j"$(nproc)" modules >&2
+	[[ $KERNEL != 7.x ]] || sid_root
+	k_make M="$m" -j"$(nproc)" modules >&2
+	# The user-space helper of test-syscall.sh (6.12+), static: the guest
+	# has no libc.
+	d=$s/tools/testing/selftests/livepatch/test_klp-call_getpid.c
+	[[ ! -e $d ]] || gcc -static -O2 -o "$m/test_klp-call_getpid" "$d"
 	log "$(ls "$m"/*.ko | wc -l) livepatch modules built"
 	touch "$m/build.ok"
 }
@@ -201,6 +378,8 @@ build_base() {
 	cp -r "$KDIR/src/tools/testing/selftests/livepatch" "$root/opt/selftests"
 	if [[ -d $root/opt/selftests/test_modules ]]; then
 		cp "$KDIR"/modules/test_klp_*.ko "$root/opt/selftests/test_modules/"
+		[[ ! -e $KDIR/modules/test_klp-call_getpid ]] ||
+			cp "$KDIR/modules/test_klp-call_getpid" "$root/opt/selftests/"
 	fi
 	(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$KDIR/base.cpio.gz.tmp"
 	mv "$KDIR/base.cpio.gz.tmp" "$KDIR/base.cpio.gz"
