@@ -197,17 +197,22 @@ func TestStatusStall(t *testing.T) {
 }
 
 // funcsScript stacks two patches on cmdline_proc_show, replaces both
-// atomically, then removes everything.
+// atomically, then removes everything. It pauses after each step: klptop
+// re-reads the stacks from user space, behind the ring buffer, and a state
+// that lasts less than that lag is legitimately skipped; paced, every state
+// must show.
 const funcsScript = `set -e
 lp=/sys/kernel/livepatch
-wait_idle() { while [ "$(cat $lp/$1/transition)" != 0 ]; do sleep 0.05; done; }
+wait_idle() { while [ "$(cat $lp/$1/transition)" != 0 ]; do sleep 0.05; done; sleep 2; }
 modprobe livepatch-sample; wait_idle livepatch_sample
 modprobe test_klp_livepatch; wait_idle test_klp_livepatch
 modprobe test_klp_atomic_replace replace=1; wait_idle test_klp_atomic_replace
 while [ -e $lp/livepatch_sample ] || [ -e $lp/test_klp_livepatch ]; do sleep 0.05; done
 rmmod test_klp_livepatch livepatch_sample
+sleep 2
 echo 0 > $lp/test_klp_atomic_replace/enabled
 while [ -e $lp/test_klp_atomic_replace ]; do sleep 0.05; done
+sleep 2
 rmmod test_klp_atomic_replace
 `
 
@@ -274,6 +279,26 @@ func TestRecordFuncStacks(t *testing.T) {
 	for _, fn := range []string{cmdlineFunc, meminfoFunc} {
 		if last[fn] != "[]" {
 			t.Errorf("%s: last stack %q, want [] (seen: %v)", fn, last[fn], seq)
+		}
+	}
+	// Each function's settled states, in this order (transitional ones may
+	// come between; the two functions' events interleave).
+	for fn, want := range map[string][]string{
+		cmdlineFunc: {
+			"[" + sampleName + ":" + lpCmdlineNew + "]",
+			"[" + testLPName + ":" + lpCmdlineNew + " " + sampleName + ":" + lpCmdlineNew + "]",
+			"[]",
+		},
+		meminfoFunc: {"[" + replaceName + ":" + lpMeminfoNew + "]", "[]"},
+	} {
+		i := 0
+		for _, s := range seq {
+			if i < len(want) && s == fn+"="+want[i] {
+				i++
+			}
+		}
+		if i != len(want) {
+			t.Errorf("%s: func_stack sequence lacks %q (want in order %q)", fn, want[i], want)
 		}
 	}
 	if len(st.Funcs) != 0 {
