@@ -47,6 +47,11 @@ type State struct {
 	Lost uint64
 	// SnapshotDone: the start-up snapshot has been read (SnapshotEnd seen).
 	SnapshotDone bool
+
+	// sweepChecked holds the tasks checked since the current sweep began,
+	// nil outside a sweep; lostAtSweep is Lost when it began.
+	sweepChecked map[int]bool
+	lostAtSweep  uint64
 	// Funcs are the patched functions by object and name (see FuncList).
 	Funcs map[string]*Func
 }
@@ -229,13 +234,16 @@ func (s *State) Apply(e event.Event) {
 	case event.SweepStart:
 		if tr := s.Transition; tr != nil {
 			tr.Sweeps++
+			s.sweepChecked, s.lostAtSweep = map[int]bool{}, s.Lost
 		}
 	case event.SweepEnd:
 		if tr := s.Transition; tr != nil {
 			tr.LastSweep = e.Time
 			tr.LastSweepDuration = e.Duration
 			tr.LastSweepPending = max(e.Pending, 0)
+			s.dropUnchecked()
 		}
+		s.sweepChecked = nil
 	case event.TaskCheck:
 		s.taskCheck(e)
 	case event.TaskSwitch:
@@ -445,6 +453,9 @@ func (s *State) transitionInit(e event.Event) {
 
 func (s *State) taskCheck(e event.Event) {
 	t := s.task(e)
+	if s.sweepChecked != nil {
+		s.sweepChecked[Key(e)] = true
+	}
 	tr := s.Transition
 	if e.Reason == event.ReasonSwitched || (e.Reason == "" && e.Ret == 0) {
 		if tr != nil {
@@ -473,6 +484,25 @@ func (s *State) taskCheck(e event.Event) {
 		}
 		s.setState(t, 1-tr.Target, e.Time)
 		t.PendingSince = since
+	}
+}
+
+// dropUnchecked forgets the tasks a whole sweep did not check although we
+// hold them pending. klp_try_complete_transition walks every thread and calls
+// klp_check_and_switch_task for each one not yet at the target, so such a
+// task has exited (no probe sees exits) or switched where klptop could not
+// see it; either way it does not block the transition. Not after lost events:
+// then the missing check may be what was lost.
+func (s *State) dropUnchecked() {
+	tr := s.Transition
+	if tr == nil || s.sweepChecked == nil || s.Lost != s.lostAtSweep {
+		return
+	}
+	for k, t := range s.Tasks {
+		if participates(t.PatchState) && t.PatchState != tr.Target && !s.sweepChecked[k] {
+			s.setState(t, event.StateIdle, s.Now)
+			delete(s.Tasks, k)
+		}
 	}
 }
 

@@ -41,31 +41,43 @@ func handMadeStall() []event.Event {
 		{Time: t0 + sec, Type: event.TransitionStart, Target: 1},
 		{Time: t0 + sec, Type: event.TaskSwitch, PID: 0, Comm: "swapper/0", PatchState: 1, Path: event.PathIdle},
 	}
+	// As the kernel does, every sweep checks every task not yet switched.
 	for i := range 17 {
 		ts := t0 + sec + uint64(i)*sec + sec/100
 		evs = append(evs, event.Event{Time: ts, Type: event.SweepStart})
+		failed := 0
+		check := func(pid int, comm, reason string, ret int32) {
+			evs = append(evs, event.Event{Time: ts, Type: event.TaskCheck, PID: pid, TGID: pid, Comm: comm, Reason: reason, Ret: ret})
+			if reason != event.ReasonSwitched {
+				failed++
+			}
+		}
 		switch i {
 		case 0:
-			evs = append(evs,
-				event.Event{Time: ts, Type: event.TaskCheck, PID: 1, TGID: 1, Comm: "systemd", Reason: event.ReasonSwitched},
-				event.Event{Time: ts, Type: event.TaskCheck, PID: 77, TGID: 77, Comm: "sshd", Reason: event.ReasonRunning, Ret: -16})
+			check(1, "systemd", event.ReasonSwitched, 0)
+			check(77, "sshd", event.ReasonRunning, -16)
 		case 1:
-			evs = append(evs,
-				event.Event{Time: ts, Type: event.TaskCheck, PID: 77, TGID: 77, Comm: "sshd", Reason: event.ReasonSwitched})
+			check(77, "sshd", event.ReasonSwitched, 0)
 		case 3:
 			evs = append(evs,
 				event.Event{Time: ts, Type: event.TaskSwitch, PID: 310, TGID: 310, Comm: "bash", PatchState: 1, Path: event.PathUser})
 		case 9:
 			evs = append(evs,
-				event.Event{Time: ts, Type: event.TaskSwitch, PID: 311, TGID: 311, Comm: "sleep", PatchState: 0, Path: event.PathFork},
-				event.Event{Time: ts, Type: event.TaskCheck, PID: 311, TGID: 311, Comm: "sleep", Reason: event.ReasonUnreliable, Ret: -22})
+				event.Event{Time: ts, Type: event.TaskSwitch, PID: 311, TGID: 311, Comm: "sleep", PatchState: 0, Path: event.PathFork})
+		}
+		if i < 3 {
+			check(310, "bash", event.ReasonRunning, -16)
+		}
+		if i >= 9 {
+			check(311, "sleep", event.ReasonUnreliable, -22)
 		}
 		kw := event.Event{Time: ts, Type: event.TaskCheck, PID: 42, TGID: 42, Comm: "kworker/0:1",
 			Reason: event.ReasonSleeping, Ret: -98, Func: "busymod_work_func"}
 		if i == 0 {
 			kw.Stack = busyStack
 		}
-		evs = append(evs, kw, event.Event{Time: ts + 300_000, Type: event.SweepEnd, Duration: 300_000, Pending: 2})
+		failed++
+		evs = append(evs, kw, event.Event{Time: ts + 300_000, Type: event.SweepEnd, Duration: 300_000, Pending: failed, Checked: failed})
 	}
 	return evs
 }

@@ -252,10 +252,14 @@ func TestReplayKeysHandMade(t *testing.T) {
 	m, _ = press(t, m, "[")
 	at("[ at the first", 0)
 
-	// Stalls: the kworker in sweep 2, then the forked sleep in sweep 10.
+	// Stalls: bash and the kworker in sweep 2, then the forked sleep in sweep 10.
+	m, _ = press(t, m, "s")
+	if e := r.Last(); e.Type != event.TaskCheck || e.PID != 310 || m.State().Transition.Sweeps != 2 {
+		t.Fatalf("first stall at %v, sweep %d", e, m.State().Transition.Sweeps)
+	}
 	m, _ = press(t, m, "s")
 	if e := r.Last(); e.Type != event.TaskCheck || e.PID != 42 || m.State().Transition.Sweeps != 2 {
-		t.Fatalf("first stall at %v, sweep %d", e, m.State().Transition.Sweeps)
+		t.Fatalf("kworker stall at %v, sweep %d", e, m.State().Transition.Sweeps)
 	}
 	m, _ = press(t, m, "s")
 	if e := r.Last(); e.Type != event.TaskCheck || e.PID != 311 || m.State().Transition.Sweeps != 10 {
