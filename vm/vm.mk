@@ -13,7 +13,7 @@ KERNELS ?= 6.1 6.12 7.x
 KLPTOP_CACHE ?= /var/cache/klptop
 VM_ENV = KERNEL=$(KERNEL) KLPTOP_CACHE=$(KLPTOP_CACHE)
 
-.PHONY: vmtest demo vmshell vmselftests vmprepare vmtestdata
+.PHONY: vmtest demo vmshell vmselftests vmprepare testdata
 
 # e2e tests of the real klptop in a guest, one guest per kernel in KERNELS;
 # each ends with "N passed, N failed", then one line per kernel.
@@ -39,12 +39,15 @@ vmselftests:
 vmprepare:
 	$(VM_ENV) vm/vm.sh prepare
 
-# Copies the traces the last `make vmtest` recorded into testdata/, per kernel
-# ABI, as real-kernel inputs for the unit tests.
-vmtestdata:
-	@src=$$(ls -d $(KLPTOP_CACHE)/out/$(KERNEL).*/test/traces 2>/dev/null | tail -1); \
-	[ -n "$$src" ] || { echo "no traces from a $(KERNEL) guest: run make vmtest first"; exit 1; }; \
-	kver=$$(basename $$(dirname $$(dirname $$src))); \
-	mkdir -p testdata/traces/linux-$$kver && \
-	cp $$src/*.ndjson testdata/traces/linux-$$kver/ && \
-	ls -l testdata/traces/linux-$$kver
+# Real recordings for the unit tests: the guest's scenarios
+# (internal/vmtest/guest/scenarios_test.go) record the kernel's own livepatch
+# modules with klptop, check each recording against the kernel's log and
+# sysfs, and hand them back; they replace testdata/linux-$(KERNEL)/*.jsonl only
+# when every scenario passed. Then `go test ./internal/report -update` and a
+# review of the golden reports.
+TESTDATA_OUT = $(KLPTOP_CACHE)/out/testdata-linux-$(KERNEL)
+testdata:
+	$(VM_ENV) RUN_NAME=testdata OUT=$(TESTDATA_OUT) TESTFLAGS='-test.run ^TestScenario' vm/vm.sh test
+	rm -rf testdata/linux-$(KERNEL) && mkdir -p testdata/linux-$(KERNEL)
+	cp $(TESTDATA_OUT)/testdata/*.jsonl testdata/linux-$(KERNEL)/
+	@ls -l testdata/linux-$(KERNEL)

@@ -23,6 +23,8 @@
 #   KVER=<resolved>         kernel ABI; default: what the suite's linux-image-amd64
 #                           points to (the newest, for 6.12 and 7.x)
 #   OUT=$KLPTOP_CACHE/out/$KVER/$MODE   files the guest hands back
+#   RUN_NAME=$MODE          names the run's work directory: runs of one mode
+#                           with different names can go on at once
 #   MEM=1024 SMP=2 (7.x: 1) TIMEOUT=900 APPEND="extra kernel args"
 #   TESTFLAGS="-test.run X"  extra flags for the guest test binary
 #   SKIP_APT=1              do not touch apt (packages known to be present)
@@ -477,7 +479,7 @@ main() {
 	kernel_setup
 	step "packages" packages
 	KDIR=$CACHE/kernel/$KVER
-	RUN=$CACHE/run/$KVER/$MODE
+	RUN=$CACHE/run/$KVER/${RUN_NAME:-$MODE}
 	OUT=${OUT:-$CACHE/out/$KVER/$MODE}
 	mkdir -p "$KDIR" "$RUN"
 	log "kernel $KVER, cache $CACHE"
