@@ -13,12 +13,26 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/golden")
 
+// recordedGlob matches the recordings of real kernels that `make testdata`
+// puts in the repository's testdata/, one directory per kernel.
+const recordedGlob = "../../testdata/linux-*/*.jsonl"
+
+// goldenName names a trace's golden files: the file's name, prefixed with its
+// kernel's directory for a recording (linux-6.1-stall).
+func goldenName(path string) string {
+	name := strings.TrimSuffix(filepath.Base(path), ".jsonl")
+	if dir := filepath.Base(filepath.Dir(path)); strings.HasPrefix(dir, "linux-") {
+		name = dir + "-" + name
+	}
+	return name
+}
+
 // goldenTraces are the traces with golden reports: hand-made ones here, and
-// recordings of real kernels in the repository's testdata/ (dropping a
-// .jsonl there and running `go test ./internal/report -update` adds one).
+// recordings of real kernels in the repository's testdata/linux-*/ (`make
+// testdata`, then `go test ./internal/report -update` and a review).
 func goldenTraces(t *testing.T) []string {
 	var out []string
-	for _, pat := range []string{"testdata/*.jsonl", "../../testdata/*.jsonl"} {
+	for _, pat := range []string{"testdata/*.jsonl", recordedGlob} {
 		m, err := filepath.Glob(pat)
 		if err != nil {
 			t.Fatal(err)
@@ -55,7 +69,7 @@ func runLikeCLI(t *testing.T, path string, opts Options) (stdout, session string
 
 func TestGolden(t *testing.T) {
 	for _, path := range goldenTraces(t) {
-		name := strings.TrimSuffix(filepath.Base(path), ".jsonl")
+		name := goldenName(path)
 		t.Run(name, func(t *testing.T) {
 			_, text := runLikeCLI(t, path, Options{})
 			js, _ := runLikeCLI(t, path, Options{JSON: true})
@@ -170,5 +184,78 @@ func TestStallBlockers(t *testing.T) {
 	}
 	if r.Transitions[1].Stall || len(r.Transitions[1].Blockers) != 0 {
 		t.Fatalf("single-sweep transition reported as a stall: %+v", r.Transitions[1])
+	}
+}
+
+// The facts the recordings of real kernels (make testdata) were made to
+// show, checked by name like the hand-made ones: a re-recording or an -update
+// must keep them.
+func TestRecordedFacts(t *testing.T) {
+	type want struct {
+		outcomes []string // patch/direction/outcome, in order
+		blocker  string   // the first transition's first blocker: reason/func/switch path
+	}
+	const demo, busy = "test_klp_callbacks_demo", "sleeping_on_func/busymod_work_func/"
+	wants := map[string]want{
+		"sample":  {[]string{"livepatch_sample/patching/complete", "livepatch_sample/unpatching/complete"}, ""},
+		"stall":   {[]string{demo + "/patching/complete", demo + "/unpatching/complete"}, busy + "sweep"},
+		"reverse": {[]string{demo + "/patching/reversed"}, busy + "reverse"},
+		"replace": {[]string{"test_klp_livepatch/patching/complete", "test_klp_atomic_replace/patching/complete",
+			"test_klp_atomic_replace/unpatching/complete"}, ""},
+		"force": {[]string{demo + "/patching/forced", demo + "/unpatching/complete"}, busy + "force"},
+	}
+	paths, _ := filepath.Glob(recordedGlob)
+	seen := map[string]bool{}
+	for _, path := range paths {
+		name := strings.TrimSuffix(filepath.Base(path), ".jsonl")
+		w, ok := wants[name]
+		if !ok {
+			continue
+		}
+		seen[name] = true
+		t.Run(goldenName(path), func(t *testing.T) {
+			f, err := os.Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			var out bytes.Buffer
+			sum, err := Run(f, &out, Options{JSON: true})
+			if err != nil || ExitStatus(sum, err) != 0 || sum.Truncated || sum.LostEvents > 0 || len(sum.UnknownEvents) > 0 {
+				t.Fatalf("err %v, summary %+v", err, sum)
+			}
+			var r struct {
+				Transitions []Transition `json:"transitions"`
+			}
+			if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, tr := range r.Transitions {
+				got = append(got, tr.Patch+"/"+tr.Direction+"/"+tr.Outcome)
+			}
+			if strings.Join(got, " ") != strings.Join(w.outcomes, " ") {
+				t.Errorf("transitions %v, want %v", got, w.outcomes)
+			}
+			if w.blocker == "" || len(r.Transitions) == 0 {
+				return
+			}
+			tr := r.Transitions[0]
+			if !tr.Stall || len(tr.Blockers) == 0 {
+				t.Fatalf("first transition not a stall: %+v", tr)
+			}
+			b := tr.Blockers[0]
+			if got := b.Reason + "/" + b.Func + "/" + b.SwitchPath; got != w.blocker || !strings.HasPrefix(b.Comm, "kworker/") {
+				t.Errorf("first blocker %s %s, want a kworker %s", b.Comm, got, w.blocker)
+			}
+			if b.BlockedNs < 2e9 || b.Checks < 2 || !strings.Contains(strings.Join(b.Stack, "\n"), "busymod_work_func+") {
+				t.Errorf("blocker blocked %dns, %d checks, stack %q", b.BlockedNs, b.Checks, b.Stack)
+			}
+		})
+	}
+	for name := range wants {
+		if !seen[name] {
+			t.Errorf("no recording %s.jsonl in %s (make testdata)", name, filepath.Dir(recordedGlob))
+		}
 	}
 }
