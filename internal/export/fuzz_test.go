@@ -12,6 +12,8 @@ import (
 // parses once the header was read, even when the trace is corrupt further on.
 func FuzzPerfetto(f *testing.F) {
 	m, _ := filepath.Glob(filepath.Join("..", "report", "testdata", "*.jsonl"))
+	rec, _ := filepath.Glob(recordedGlob)
+	m = append(m, rec...)
 	for _, p := range m {
 		if b, err := os.ReadFile(p); err == nil {
 			f.Add(b)

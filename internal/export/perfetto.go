@@ -89,7 +89,11 @@ func Perfetto(r io.Reader, w io.Writer) (*Stats, error) {
 			p.base, p.based = e.Time, true
 		}
 		prev := k.S.Transition
-		if e.Type == event.SweepEnd && prev != nil && p.sweepAt != 0 {
+		// The sweep that succeeds ends after the transition does: the
+		// kernel's klp_try_complete_transition calls klp_complete_transition
+		// before it returns. Its slice goes on the track of the transition
+		// that just ended.
+		if e.Type == event.SweepEnd && p.sweepAt != 0 && (prev != nil || k.Index() > 0) {
 			p.sweep(prev, k.Index(), e)
 		}
 		if ended := k.Apply(e); ended != nil {

@@ -152,7 +152,7 @@ func TestPerfettoCorruptStillValidJSON(t *testing.T) {
 // to JSON with one transition slice per transition the report lists.
 func TestPerfettoEveryTrace(t *testing.T) {
 	var paths []string
-	for _, pat := range []string{"../report/testdata/*.jsonl", "../../testdata/*.jsonl"} {
+	for _, pat := range []string{"../report/testdata/*.jsonl", recordedGlob} {
 		m, _ := filepath.Glob(pat)
 		paths = append(paths, m...)
 	}
@@ -181,6 +181,84 @@ func TestPerfettoEveryTrace(t *testing.T) {
 			}
 			if n != sum.Transitions {
 				t.Errorf("%d transition slices, report lists %d transitions", n, sum.Transitions)
+			}
+		})
+	}
+}
+
+// recordedGlob: the recordings of real kernels (make testdata).
+const recordedGlob = "../../testdata/linux-*/*.jsonl"
+
+// The recordings of real kernels export with the slices and instants their
+// scenario is about.
+func TestPerfettoRecorded(t *testing.T) {
+	const demo = "test_klp_callbacks_demo"
+	const busy = "blocked|sleeping_on_func: busymod_work_func"
+	wants := map[string]struct {
+		transitions []string // transition slice names, in order
+		blocked     string   // a blocked slice that must be there
+		instants    string   // transition instants, in order
+	}{
+		"sample":  {[]string{"livepatch_sample patching: complete", "livepatch_sample unpatching: complete"}, "", ""},
+		"stall":   {[]string{demo + " patching: complete", demo + " unpatching: complete"}, busy, ""},
+		"reverse": {[]string{demo + " patching: reversed"}, busy, "reverse"},
+		"replace": {[]string{"test_klp_livepatch patching: complete", "test_klp_atomic_replace patching: complete",
+			"test_klp_atomic_replace unpatching: complete"}, "", ""},
+		"force": {[]string{demo + " patching: forced", demo + " unpatching: complete"}, busy, "force"},
+	}
+	paths, _ := filepath.Glob(recordedGlob)
+	if len(paths) == 0 {
+		t.Fatal("no recordings in testdata (make testdata)")
+	}
+	for _, path := range paths {
+		w, ok := wants[strings.TrimSuffix(filepath.Base(path), ".jsonl")]
+		if !ok {
+			continue
+		}
+		t.Run(filepath.Base(filepath.Dir(path))+"/"+filepath.Base(path), func(t *testing.T) {
+			f, err := os.Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			var out bytes.Buffer
+			st, err := Perfetto(f, &out)
+			if err != nil || st.Truncated || st.Lost != 0 {
+				t.Fatalf("err %v, stats %+v", err, st)
+			}
+			var ct chromeTrace
+			if err := json.Unmarshal(out.Bytes(), &ct); err != nil {
+				t.Fatalf("output does not parse: %v", err)
+			}
+			var trs, inst []string
+			var blocked []string
+			sweeps := 0
+			for _, e := range ct.TraceEvents {
+				switch {
+				case e.Ph == "X" && e.Cat == "transition":
+					trs = append(trs, e.Name)
+				case e.Ph == "X" && e.Cat == "sweep":
+					sweeps++
+				case e.Ph == "X" && e.Cat == "blocked":
+					blocked = append(blocked, e.Cat+"|"+e.Name)
+					if e.Dur <= 0 {
+						t.Errorf("blocked slice %q of %v us", e.Name, e.Dur)
+					}
+				case e.Ph == "i" && e.Cat == "transition":
+					inst = append(inst, e.Name)
+				}
+			}
+			if !slices.Equal(trs, w.transitions) {
+				t.Errorf("transition slices %q, want %q", trs, w.transitions)
+			}
+			if sweeps < len(w.transitions) {
+				t.Errorf("%d sweep slices for %d transitions", sweeps, len(w.transitions))
+			}
+			if w.blocked != "" && !slices.Contains(blocked, w.blocked) {
+				t.Errorf("blocked slices %q, want one %q", blocked, w.blocked)
+			}
+			if got := strings.Join(inst, ","); got != w.instants {
+				t.Errorf("instants %q, want %q", got, w.instants)
 			}
 		})
 	}
