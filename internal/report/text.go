@@ -44,7 +44,7 @@ func (s *textSink) begin(info TraceInfo, signals bool) error {
 	}
 	s.printf("%s, trace format %s\n", rec, orUnknown(info.Version))
 	if len(info.Command) > 0 {
-		s.printf("command: %s\n", strings.Join(info.Command, " "))
+		s.printf("command: %s\n", oneLineCommand(info.Command, 100))
 	}
 	for _, m := range info.Missing {
 		s.printf("not observable: %s (%s)\n", m.Symbol, m.Why)
@@ -241,4 +241,15 @@ func (s *textSink) end(sum *Summary) error {
 		s.printf("UNFINISHED %s\n", u)
 	}
 	return s.w.Flush()
+}
+
+// oneLineCommand keeps a recorded command (often `sh -c SCRIPT`) to one line
+// of the header: the full text is in --json and in the trace.
+func oneLineCommand(argv []string, width int) string {
+	f := strings.Fields(strings.Join(argv, " "))
+	c := strings.Join(f, " ")
+	if r := []rune(c); len(r) > width {
+		c = string(r[:width-1]) + "…"
+	}
+	return c
 }
