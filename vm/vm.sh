@@ -25,7 +25,7 @@
 #   OUT=$KLPTOP_CACHE/out/$KVER/$MODE   files the guest hands back
 #   RUN_NAME=$MODE          names the run's work directory: runs of one mode
 #                           with different names can go on at once
-#   MEM=1024 SMP=2 (7.x: 1) TIMEOUT=900 APPEND="extra kernel args"
+#   MEM=1024 SMP=2 (7.x: 1) TIMEOUT=1800 APPEND="extra kernel args"
 #   TESTFLAGS="-test.run X"  extra flags for the guest test binary
 #   SKIP_APT=1              do not touch apt (packages known to be present)
 #   STALL_SECONDS=25        demo: how long the transition stays stuck
@@ -42,7 +42,7 @@ esac
 KERNEL=${KERNEL:-6.1}
 CACHE=${KLPTOP_CACHE:-/var/cache/klptop}
 MEM=${MEM:-1024}
-TIMEOUT=${TIMEOUT:-900}
+TIMEOUT=${TIMEOUT:-1800}
 APPEND=${APPEND:-}
 
 T0=$SECONDS
@@ -430,7 +430,7 @@ overlay() {
 	# spaces, and unknown dotted parameters never reach init's environment.
 	MODE=$MODE ROWS=$rows COLS=$cols GUEST_TERM=${TERM:-vt100} \
 		STALL_SECONDS=${STALL_SECONDS:-25} TESTFLAGS=${TESTFLAGS:-} \
-		TEST_TIMEOUT=${TEST_TIMEOUT:-12m} SELFTESTS=${SELFTESTS:-}
+		TEST_TIMEOUT=${TEST_TIMEOUT:-25m} SELFTESTS=${SELFTESTS:-}
 	for v in MODE ROWS COLS GUEST_TERM STALL_SECONDS TESTFLAGS TEST_TIMEOUT SELFTESTS; do
 		printf "%s='%s'\n" "$v" "${!v//\'/}"
 	done > "$root/opt/env"
@@ -459,7 +459,7 @@ boot_batch() {
 	set +e
 	timeout --foreground "$TIMEOUT" "${QEMU[@]}" \
 		-serial stdio -chardev "file,id=data,path=$data" -serial chardev:data \
-		-append "console=ttyS0 panic=-1 oops=panic quiet loglevel=4 $APPEND" \
+		-append "console=ttyS0 panic=-1 oops=panic quiet loglevel=4 log_buf_len=4M $APPEND" \
 		< /dev/null | sed -u 's/\r$//' | tee "$console"
 	rc=${PIPESTATUS[0]}
 	set -e
@@ -510,5 +510,4 @@ main() {
 	log "total $((SECONDS - T0))s"
 	return "$rc"
 }
-main "$@"
-exit
+main "$@"; exit # one line: bash has read it all before main runs
