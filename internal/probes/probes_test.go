@@ -41,7 +41,7 @@ func TestPlan(t *testing.T) {
 	want := map[string][]string{
 		"klp_enable_patch":                {"klp_enable_patch"},
 		"klp_init_transition":             {"klp_init_transition"},
-		"klp_start_transition":            {"klp_start_transition"},
+		"klp_start_transition":            {"klp_start_transition.part.0"},
 		"klp_complete_transition":         {"klp_complete_transition"},
 		"klp_reverse_transition":          {"klp_reverse_transition"},
 		"klp_cancel_transition":           {"klp_cancel_transition.isra.0"},
@@ -51,7 +51,7 @@ func TestPlan(t *testing.T) {
 		"klp_check_and_switch_task_ret":   {"klp_check_and_switch_task"},
 		"klp_copy_process":                {"klp_copy_process"},
 
-		"funcs_changed_klp_start_transition":    {"klp_start_transition"},
+		"funcs_changed_klp_start_transition":    {"klp_start_transition.part.0"},
 		"funcs_changed_klp_complete_transition": {"klp_complete_transition"},
 		"funcs_changed_klp_reverse_transition":  {"klp_reverse_transition"},
 		"funcs_changed_klp_cancel_transition":   {"klp_cancel_transition.isra.0"},

@@ -117,12 +117,25 @@ func clones(avail map[string]bool, fn string) []string {
 // is called from there (6.1: klp_start_transition calls
 // klp_start_transition.part.0), so probing both would report one call twice.
 // Clones are used only when the function itself is gone, and only by
-// probes that read no arguments.
+// probes that read no arguments. The exception is a .part clone, the body
+// after the function's early checks: callers in the same translation unit
+// may call it directly (6.1: klp_reverse_transition calls
+// klp_start_transition.part.0), so a probe that reads no arguments goes on
+// it instead of the function.
 func plan(avail map[string]bool) (map[string][]string, []Missing) {
 	attach := make(map[string][]string)
 	why := make(map[string]string)
 	for _, p := range probes {
-		switch cl := clones(avail, p.symbol); {
+		cl := clones(avail, p.symbol)
+		var parts []string
+		for _, c := range cl {
+			if strings.HasPrefix(c, p.symbol+".part.") {
+				parts = append(parts, c)
+			}
+		}
+		switch {
+		case len(parts) > 0 && !p.args:
+			attach[p.prog] = parts
 		case avail[p.symbol]:
 			attach[p.prog] = []string{p.symbol}
 		case len(cl) > 0 && !p.args:
