@@ -26,6 +26,7 @@
 #   RUN_NAME=$MODE          names the run's work directory: runs of one mode
 #                           with different names can go on at once
 #   MEM=1024 SMP=2 (7.x: 1) TIMEOUT=1800 APPEND="extra kernel args"
+#   TCG=tcg,thread=multi    qemu -accel (6.12: tcg,thread=single)
 #   TESTFLAGS="-test.run X"  extra flags for the guest test binary
 #   SKIP_APT=1              do not touch apt (packages known to be present)
 #   STALL_SECONDS=25        demo: how long the transition stays stuck
@@ -64,6 +65,7 @@ step() {
 #   HDR_FN      the kbuild tree the modules are built against
 #   k_make      make against it (7.x: in the sid build root)
 #   SMP_DEFAULT vCPUs (7.x under multi-threaded TCG needs 1, see the notes)
+#   TCG_DEFAULT qemu -accel value, when not tcg,thread=multi
 #   SUITE       the Debian suite, when it is not the machine's own
 # 6.12 and 7.x come from other suites than the machine's own (see APT below):
 # their image and source packages are downloaded and unpacked, never installed.
@@ -96,7 +98,9 @@ kernel_setup() {
 	6.12)
 		# bookworm-backports: built with bookworm's gcc-12 and pahole, so its
 		# modules build on the host against unpacked (not installed) headers.
-		SMP_DEFAULT=2
+		# Multi-threaded TCG oopses here too ("int3" where the kernel patches
+		# its text, e.g. rcu_gp_fqs_loop) under load: 2 vCPUs on one thread.
+		SMP_DEFAULT=2 TCG_DEFAULT=tcg,thread=single
 		SUITE=bookworm-backports
 		k_resolve() {
 			KVER=${KVER:-$(newest_abi '6\.12\.[0-9]+[^ ,]*-amd64')}
@@ -156,6 +160,7 @@ kernel_setup() {
 	*) die "KERNEL=$KERNEL: one of 6.1, 6.12, 7.x (see kernel_setup)" ;;
 	esac
 	SMP=${SMP:-$SMP_DEFAULT}
+	TCG=${TCG:-${TCG_DEFAULT:-tcg,thread=multi}}
 }
 
 # ---------------------------------------------------------------------- APT
@@ -445,7 +450,7 @@ overlay() {
 
 # --------------------------------------------------------------------- boot
 qemu_cmd() {
-	QEMU=(qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$MEM" -smp "$SMP"
+	QEMU=(qemu-system-x86_64 -accel "$TCG" -cpu max -m "$MEM" -smp "$SMP"
 		-nodefaults -no-reboot -display none
 		-kernel "$KDIR/boot/vmlinuz-$KVER" -initrd "$RUN/initrd")
 }
