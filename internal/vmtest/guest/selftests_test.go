@@ -98,6 +98,9 @@ func selftestResults(t *testing.T, logPath string) (order []string, status, outp
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
+		if strings.HasPrefix(line, "klptop: ") {
+			t.Log(line) // klptop record's own lines: probes, backend, attach time
+		}
 		if m := selftestResultRE.FindStringSubmatch(line); m != nil {
 			order = append(order, m[2])
 			status[m[2]], output[m[2]] = m[1], cur.String()
@@ -157,6 +160,7 @@ func TestKernelSelftests(t *testing.T) {
 		t.Logf("klptop record: %v", err)
 	}
 	rec := readTrace(t, path)
+	t.Logf("backend %s; attached %v; missing %v", rec.header.Backend, rec.header.Attached, rec.header.Missing)
 	t.Run("transitions", func(t *testing.T) { checkTransitionLines(t, rec, klog) })
 	t.Run("task_reasons", func(t *testing.T) { checkTaskReasons(t, rec, klog, false) })
 }
