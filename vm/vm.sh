@@ -473,10 +473,20 @@ boot_batch() {
 }
 
 boot_interactive() {
+	local saved="" rc=0
 	qemu_cmd
-	# mon:stdio: qemu puts the terminal in raw mode and restores it; Ctrl-A x quits.
+	# mon:stdio: qemu puts the terminal in raw mode and restores it; Ctrl-A x
+	# quits. But it keeps output processing on, and with ONLCR a bare line
+	# feed from the guest's TUI renderer also returns the carriage: the screen
+	# tears. The guest's tty and console send \r\n themselves.
+	if [[ -t 0 ]]; then
+		saved=$(stty -g)
+		stty -onlcr
+	fi
 	"${QEMU[@]}" -serial mon:stdio \
-		-append "console=ttyS0 panic=-1 quiet loglevel=3 $APPEND"
+		-append "console=ttyS0 panic=-1 quiet loglevel=3 $APPEND" || rc=$?
+	if [[ -n $saved ]]; then stty "$saved"; fi
+	return "$rc"
 }
 
 main() {
