@@ -46,9 +46,13 @@ func (v transitionView) view(th Theme, s *state.State, now uint64, width int) st
 		default:
 			outcome = th.Warn.Render(outcome)
 		}
-		line := fmt.Sprintf("  none in progress; last: %s %s %s in %s, %d sweeps",
+		sweeps := "sweeps"
+		if last.Sweeps == 1 {
+			sweeps = "sweep"
+		}
+		line := fmt.Sprintf("  none in progress; last: %s %s %s in %s, %d %s",
 			th.Emphasis.Render(last.Patch), direction(last.Target), outcome,
-			fmtDuration(last.Elapsed(now)), last.Sweeps)
+			fmtDuration(last.Elapsed(now)), last.Sweeps, sweeps)
 		if last.Reversed > 0 {
 			line += fmt.Sprintf(", reversed %d×", last.Reversed)
 		}
