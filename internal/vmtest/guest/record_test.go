@@ -147,3 +147,59 @@ func waitTimeout(cmd *exec.Cmd, d time.Duration) error {
 		return errors.New("did not exit")
 	}
 }
+
+// TestProbePlanAgreesWithKernel: what klptop says it attached is traceable on
+// this kernel, and what it says is missing is not; the klp_* functions the
+// kernel inlined are logged for the record.
+func TestProbePlanAgreesWithKernel(t *testing.T) {
+	needKlptop(t)
+	b, err := os.ReadFile("/sys/kernel/tracing/available_filter_functions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	traceable := map[string]bool{}
+	var klp []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		traceable[f[0]] = true
+		if strings.Contains(f[0], "klp") {
+			klp = append(klp, f[0])
+		}
+	}
+	t.Logf("%d traceable klp functions", len(klp))
+	var inlined []string
+	for _, fn := range []string{"klp_send_signals", "klp_check_stack", "__klp_enable_patch", "__klp_disable_patch",
+		"klp_init_patch", "klp_free_patch_start", "klp_free_patch_finish", "klp_try_switch_task", "klp_check_and_switch_task"} {
+		if !traceable[fn] {
+			inlined = append(inlined, fn)
+		}
+	}
+	t.Logf("not traceable here (inlined or absent): %v", inlined)
+
+	path := filepath.Join(outDir, "traces", "plan.ndjson")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(klptopBin, "record", "-o", path, "--", "true").CombinedOutput(); err != nil {
+		t.Fatalf("klptop record: %v\n%s", err, out)
+	}
+	rec := readTrace(t, path)
+	if len(rec.header.Attached) == 0 {
+		t.Fatal("nothing attached")
+	}
+	for _, a := range rec.header.Attached {
+		sym := strings.TrimSuffix(a, "%return")
+		if !traceable[sym] {
+			t.Errorf("klptop attached %s, which available_filter_functions does not list", a)
+		}
+	}
+	for _, m := range rec.header.Missing {
+		if traceable[m.Symbol] {
+			t.Errorf("klptop calls %s missing (%s), but it is traceable", m.Symbol, m.Why)
+		}
+	}
+	t.Logf("backend %s, attached %d, missing %v", rec.header.Backend, len(rec.header.Attached), rec.header.Missing)
+}
