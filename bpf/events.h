@@ -26,6 +26,7 @@ enum klptop_event_type {
 	EV_TASK_SWITCH,
 	/* Internal: a function stack may have changed; user space re-reads them. Never in a trace. */
 	EV_FUNCS_CHANGED,
+	EV_SIGNAL,
 };
 
 enum klptop_path {
@@ -34,6 +35,8 @@ enum klptop_path {
 	PATH_IDLE,
 	PATH_FORK,
 	PATH_SCHED,
+	PATH_WAKE,   /* signal: a kthread woken (wake_up_state) */
+	PATH_SIGNAL, /* signal: a user task sent a fake signal (TIF_NOTIFY_SIGNAL) */
 };
 
 /* flags */

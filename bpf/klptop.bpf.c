@@ -25,6 +25,8 @@ const struct funcs_out *unused_funcs_out __attribute__((unused));
 
 #define EADDRINUSE 98
 #define PF_IDLE 0x00000002
+#define PF_KTHREAD 0x00200000
+#define TASK_INTERRUPTIBLE 0x0001
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -306,6 +308,33 @@ int BPF_KRETPROBE(klp_check_and_switch_task_ret, long rc)
 			e->flags |= EVF_WANT_STACK;
 		}
 	}
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/*
+ * klp_send_signals() is inlined into klp_try_complete_transition() on the
+ * kernels klptop targets, so the signals are seen where they land: both of
+ * its branches call wake_up_state(task, TASK_INTERRUPTIBLE), directly for a
+ * kthread, through set_notify_signal() for a user task. wake_up_state is
+ * called all over the kernel: anything but the sweeping task returns at
+ * once, and nothing else in a sweep wakes with exactly that state.
+ * set_notify_signal() skips the wake-up when TIF_NOTIFY_SIGNAL is still set
+ * from a previous round: such a signal is not seen.
+ */
+SEC("kprobe/wake_up_state")
+int BPF_KPROBE(klp_signal, struct task_struct *task, unsigned int state)
+{
+	if (!sweep_task || bpf_get_current_task() != sweep_task)
+		return 0;
+	if (state != TASK_INTERRUPTIBLE)
+		return 0;
+	struct event *e = reserve(EV_SIGNAL);
+	if (!e)
+		return 0;
+	fill_task(e, task);
+	e->patch_state = task_patch_state(task);
+	e->path = (BPF_CORE_READ(task, flags) & PF_KTHREAD) ? PATH_WAKE : PATH_SIGNAL;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

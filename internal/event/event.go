@@ -52,6 +52,12 @@ const (
 	// stack newest first. Sent in the snapshot and whenever a stack changes;
 	// empty Versions means no patch touches the function any more.
 	FuncStack Type = "func_stack"
+	// Signal (1.2): during a sweep, the kernel's klp_send_signals() prodded
+	// the subject task, which still blocks the transition (every 15th sweep,
+	// SIGNALS_TIMEOUT). Path says how: PathWake for a kthread (woken if it
+	// sleeps interruptibly), PathSignal for a user task (a fake signal,
+	// TIF_NOTIFY_SIGNAL). PatchState is the task's state then.
+	Signal Type = "signal"
 )
 
 // FuncVersion is one klp_func on a function's stack.
@@ -81,6 +87,12 @@ const (
 	PathSweep = "sweep" // klp_check_and_switch_task() from a sweep
 	PathForce = "force" // klp_force_transition()
 	PathSched = "sched" // __klp_sched_try_switch() / __schedule()
+)
+
+// Paths of a Signal: how klp_send_signals() reached the task.
+const (
+	PathWake   = "wake"   // a kthread: wake_up_state(task, TASK_INTERRUPTIBLE)
+	PathSignal = "signal" // a user task: set_notify_signal(), a fake signal
 )
 
 // Patch states, task_struct.patch_state.
@@ -186,7 +198,7 @@ var known = map[Type]bool{
 	TransitionComplete: true, TransitionReverse: true, TransitionCancel: true,
 	TransitionForce: true, SweepStart: true, SweepEnd: true, TaskCheck: true,
 	TaskSwitch: true, PatchSnapshot: true, TaskSnapshot: true, SnapshotEnd: true,
-	Lost: true, FuncStack: true,
+	Lost: true, FuncStack: true, Signal: true,
 }
 
 // Known reports whether t is a type this version of klptop understands.

@@ -36,10 +36,11 @@ var eventTypes = [...]event.Type{
 	10: event.TaskCheck,
 	11: event.TaskSwitch,
 	12: funcsChanged,
+	13: event.Signal,
 }
 
 // enum klptop_path
-var paths = [...]string{0: "", 1: event.PathUser, 2: event.PathIdle, 3: event.PathFork, 4: event.PathSched}
+var paths = [...]string{0: "", 1: event.PathUser, 2: event.PathIdle, 3: event.PathFork, 4: event.PathSched, 5: event.PathWake, 6: event.PathSignal}
 
 const (
 	flagReplace   = 0x1

@@ -86,6 +86,7 @@ const (
 	klptopProgKlpForceTransition                = "klp_force_transition"
 	klptopProgKlpInitTransition                 = "klp_init_transition"
 	klptopProgKlpReverseTransition              = "klp_reverse_transition"
+	klptopProgKlpSignal                         = "klp_signal"
 	klptopProgKlpStartTransition                = "klp_start_transition"
 	klptopProgKlpTryCompleteTransition          = "klp_try_complete_transition"
 	klptopProgKlpTryCompleteTransitionRet       = "klp_try_complete_transition_ret"
@@ -169,6 +170,7 @@ type klptopProgramSpecs struct {
 	KlpForceTransition                *ebpf.ProgramSpec `ebpf:"klp_force_transition"`
 	KlpInitTransition                 *ebpf.ProgramSpec `ebpf:"klp_init_transition"`
 	KlpReverseTransition              *ebpf.ProgramSpec `ebpf:"klp_reverse_transition"`
+	KlpSignal                         *ebpf.ProgramSpec `ebpf:"klp_signal"`
 	KlpStartTransition                *ebpf.ProgramSpec `ebpf:"klp_start_transition"`
 	KlpTryCompleteTransition          *ebpf.ProgramSpec `ebpf:"klp_try_complete_transition"`
 	KlpTryCompleteTransitionRet       *ebpf.ProgramSpec `ebpf:"klp_try_complete_transition_ret"`
@@ -294,6 +296,7 @@ type klptopPrograms struct {
 	KlpForceTransition                *ebpf.Program `ebpf:"klp_force_transition"`
 	KlpInitTransition                 *ebpf.Program `ebpf:"klp_init_transition"`
 	KlpReverseTransition              *ebpf.Program `ebpf:"klp_reverse_transition"`
+	KlpSignal                         *ebpf.Program `ebpf:"klp_signal"`
 	KlpStartTransition                *ebpf.Program `ebpf:"klp_start_transition"`
 	KlpTryCompleteTransition          *ebpf.Program `ebpf:"klp_try_complete_transition"`
 	KlpTryCompleteTransitionRet       *ebpf.Program `ebpf:"klp_try_complete_transition_ret"`
@@ -323,6 +326,7 @@ func (p *klptopPrograms) Close() error {
 		p.KlpForceTransition,
 		p.KlpInitTransition,
 		p.KlpReverseTransition,
+		p.KlpSignal,
 		p.KlpStartTransition,
 		p.KlpTryCompleteTransition,
 		p.KlpTryCompleteTransitionRet,

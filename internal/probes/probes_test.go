@@ -29,6 +29,7 @@ klp_check_and_switch_task
 klp_update_patch_state.constprop.0
 klp_copy_process
 klp_find_callback
+wake_up_state
 some_module_func [some_module]
 `
 
@@ -50,6 +51,7 @@ func TestPlan(t *testing.T) {
 		"klp_check_and_switch_task":       {"klp_check_and_switch_task"},
 		"klp_check_and_switch_task_ret":   {"klp_check_and_switch_task"},
 		"klp_copy_process":                {"klp_copy_process"},
+		"klp_signal":                      {"wake_up_state"},
 
 		"funcs_changed_klp_start_transition":    {"klp_start_transition.part.0"},
 		"funcs_changed_klp_complete_transition": {"klp_complete_transition"},
@@ -71,6 +73,33 @@ func TestPlan(t *testing.T) {
 	}
 	if !reflect.DeepEqual(missing, wantMissing) {
 		t.Errorf("missing:\n%v\nwant\n%v", missing, wantMissing)
+	}
+}
+
+// Without wake_up_state the signals go unobserved, and the header says so
+// under the name of the inlined function whose effect is missing.
+func TestPlanSignalsMissing(t *testing.T) {
+	for _, tc := range []struct{ drop, why string }{
+		{"wake_up_state", "inlined; wake_up_state not traceable"},
+		{"klp_try_complete_transition", "inlined; wake_up_state: " + whyPartner},
+	} {
+		avail, err := traceable(strings.NewReader(handMadeFilterFunctions))
+		if err != nil {
+			t.Fatal(err)
+		}
+		delete(avail, tc.drop)
+		attach, missing := plan(avail)
+		if _, ok := attach["klp_signal"]; ok {
+			t.Errorf("without %s: klp_signal planned", tc.drop)
+		}
+		want := Missing{Symbol: SignalSymbol, Why: tc.why}
+		found := false
+		for _, m := range missing {
+			found = found || m == want
+		}
+		if !found {
+			t.Errorf("without %s: missing %v, want it to hold %v", tc.drop, missing, want)
+		}
 	}
 }
 
@@ -157,6 +186,21 @@ func TestDecodeEvent(t *testing.T) {
 	if e.Type != event.TaskCheck || e.PID != 42 || e.Ret != -98 || e.Reason != event.ReasonSleeping ||
 		e.Func != "busymod_work_func" || e.Comm != "kworker/0:1" || e.Patch != "test_klp_callbacks_demo" || !e.wantStack {
 		t.Errorf("decoded %+v", e)
+	}
+	b = make([]byte, eventSize)
+	b[16] = 13 // EV_SIGNAL
+	b[24] = 42
+	b[53] = 5 // PATH_WAKE
+	copy(b[offComm:], "kworker/0:1\x00")
+	if e, err = decodeEvent(b); err != nil {
+		t.Fatal(err)
+	}
+	if e.Type != event.Signal || e.PID != 42 || e.Path != event.PathWake || e.Reason != "" {
+		t.Errorf("decoded %+v", e)
+	}
+	b[53] = 6 // PATH_SIGNAL
+	if e, _ = decodeEvent(b); e.Path != event.PathSignal {
+		t.Errorf("path %q, want %q", e.Path, event.PathSignal)
 	}
 	b[16] = 99
 	if _, err := decodeEvent(b); err == nil {

@@ -74,7 +74,7 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 func (s *Session) finish(raw rawEvent) event.Event {
 	e := raw.Event
 	switch e.Type {
-	case event.TaskCheck, event.TaskSwitch:
+	case event.TaskCheck, event.TaskSwitch, event.Signal:
 	default:
 		e.PatchState = 0 // does not apply: left zero, as event.Event says
 	}

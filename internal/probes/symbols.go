@@ -20,6 +20,9 @@ type probe struct {
 	// pair: the entry/return partner; one without the other is useless
 	// (or, for an entry, fills its hand-over map).
 	pair string
+	// observes: the inlined kernel function this probe stands in for; when
+	// the probe cannot be placed, that function is what goes unobserved.
+	observes string
 }
 
 // probes lists every kprobe program. klp_ftrace_handler (notrace, and runs
@@ -40,6 +43,8 @@ var probes = []probe{
 	{prog: "klp_update_patch_state", symbol: "klp_update_patch_state", args: true, pair: "klp_update_patch_state_ret"},
 	{prog: "klp_update_patch_state_ret", symbol: "klp_update_patch_state", ret: true, args: true, pair: "klp_update_patch_state"},
 	{prog: "klp_copy_process", symbol: "klp_copy_process", args: true},
+	// Called all over the kernel; the program returns at once outside a sweep.
+	{prog: "klp_signal", symbol: "wake_up_state", args: true, pair: "klp_try_complete_transition", observes: SignalSymbol},
 	// Where function stacks change: user space re-reads them after each.
 	{prog: "funcs_changed_klp_start_transition", symbol: "klp_start_transition", ret: true},
 	{prog: "funcs_changed_klp_complete_transition", symbol: "klp_complete_transition", ret: true},
@@ -51,6 +56,15 @@ var probes = []probe{
 	{prog: "funcs_changed_klp_module_coming", symbol: "klp_module_coming", ret: true},
 	{prog: "funcs_changed_klp_module_going", symbol: "klp_module_going", ret: true},
 }
+
+// SignalSymbol is the kernel function that sends fake signals to the tasks
+// a transition waits for. It is inlined, so it is never probed itself:
+// SignalProbes carry its effect.
+const SignalSymbol = "klp_send_signals"
+
+// SignalProbes are the probe points whose presence in Info.Attached (and in
+// a trace header's attached list) means signal events are observable.
+var SignalProbes = []string{"wake_up_state"}
 
 // iterProg is the task iterator of the start-up snapshot.
 const iterProg = "snapshot_tasks"
@@ -165,6 +179,12 @@ func plan(avail map[string]bool) (map[string][]string, []Missing) {
 			continue
 		}
 		m := Missing{Symbol: probeName(p.symbol, p.ret), Why: w}
+		if p.observes != "" {
+			m = Missing{Symbol: p.observes, Why: "inlined; " + p.symbol + ": " + w}
+			if w == whyAbsent {
+				m.Why = "inlined; " + p.symbol + " not traceable"
+			}
+		}
 		if !seen[m.Symbol] {
 			seen[m.Symbol] = true
 			missing = append(missing, m)
