@@ -89,6 +89,14 @@ const (
 	PathSched = "sched" // __klp_sched_try_switch() / __schedule()
 )
 
+// SignalSymbol is the kernel function that sends the signals. It is
+// inlined, so klptop probes SignalProbe, which it calls, instead; a trace
+// whose header lists SignalProbe as attached observed every Signal.
+const (
+	SignalSymbol = "klp_send_signals"
+	SignalProbe  = "wake_up_state"
+)
+
 // Paths of a Signal: how klp_send_signals() reached the task.
 const (
 	PathWake   = "wake"   // a kthread: wake_up_state(task, TASK_INTERRUPTIBLE)

@@ -92,7 +92,7 @@ func TestPlanSignalsMissing(t *testing.T) {
 		if _, ok := attach["klp_signal"]; ok {
 			t.Errorf("without %s: klp_signal planned", tc.drop)
 		}
-		want := Missing{Symbol: SignalSymbol, Why: tc.why}
+		want := Missing{Symbol: event.SignalSymbol, Why: tc.why}
 		found := false
 		for _, m := range missing {
 			found = found || m == want

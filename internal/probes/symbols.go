@@ -6,6 +6,8 @@ import (
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/klptop/klptop/internal/event"
 )
 
 // probe is one BPF program and the kernel function it goes on.
@@ -44,7 +46,7 @@ var probes = []probe{
 	{prog: "klp_update_patch_state_ret", symbol: "klp_update_patch_state", ret: true, args: true, pair: "klp_update_patch_state"},
 	{prog: "klp_copy_process", symbol: "klp_copy_process", args: true},
 	// Called all over the kernel; the program returns at once outside a sweep.
-	{prog: "klp_signal", symbol: "wake_up_state", args: true, pair: "klp_try_complete_transition", observes: SignalSymbol},
+	{prog: "klp_signal", symbol: event.SignalProbe, args: true, pair: "klp_try_complete_transition", observes: event.SignalSymbol},
 	// Where function stacks change: user space re-reads them after each.
 	{prog: "funcs_changed_klp_start_transition", symbol: "klp_start_transition", ret: true},
 	{prog: "funcs_changed_klp_complete_transition", symbol: "klp_complete_transition", ret: true},
@@ -56,15 +58,6 @@ var probes = []probe{
 	{prog: "funcs_changed_klp_module_coming", symbol: "klp_module_coming", ret: true},
 	{prog: "funcs_changed_klp_module_going", symbol: "klp_module_going", ret: true},
 }
-
-// SignalSymbol is the kernel function that sends fake signals to the tasks
-// a transition waits for. It is inlined, so it is never probed itself:
-// SignalProbes carry its effect.
-const SignalSymbol = "klp_send_signals"
-
-// SignalProbes are the probe points whose presence in Info.Attached (and in
-// a trace header's attached list) means signal events are observable.
-var SignalProbes = []string{"wake_up_state"}
 
 // iterProg is the task iterator of the start-up snapshot.
 const iterProg = "snapshot_tasks"

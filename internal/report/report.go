@@ -19,9 +19,6 @@ import (
 // Outcomes beyond state's: a transition whose end the trace does not hold.
 const OutcomeUnfinished = "unfinished"
 
-// signalSymbol is the kernel function that sends fake signals to stuck tasks.
-const signalSymbol = "klp_send_signals"
-
 // Options select the output.
 type Options struct {
 	JSON bool
@@ -60,8 +57,9 @@ type Transition struct {
 	Note     string `json:"note,omitempty"`
 	Sweeps   int    `json:"sweeps"`
 	Reverses int    `json:"reverses"`
-	// Signals sent by klp_send_signals. No recorder yet probes it, so it is
-	// 0 and SignalsObservable false: the count is unknown, not zero.
+	// Signals sent by klp_send_signals, one per task prodded. When
+	// SignalsObservable is false (the recorder could not probe them, or the
+	// trace predates format 1.2) the count is unknown, not zero.
 	Signals           int  `json:"signals"`
 	SignalsObservable bool `json:"signals_observable"`
 	// StartedBeforeRecording: klptop attached mid-transition; Start is a
@@ -85,7 +83,10 @@ type Blocker struct {
 	FirstCheck *Time    `json:"first_failed_check"`
 	LastCheck  *Time    `json:"last_failed_check"`
 	Checks     int      `json:"checks"`
-	BlockedNs  uint64   `json:"blocked_ns"`
+	// Signals the kernel sent the task; unknown, not zero, unless the
+	// transition's SignalsObservable.
+	Signals   int    `json:"signals"`
+	BlockedNs uint64 `json:"blocked_ns"`
 	// Switched is nil when the task was still blocked at the end;
 	// SwitchPath "force" or "reverse" says it was released, not switched.
 	Switched   *Time  `json:"switched"`
@@ -227,9 +228,7 @@ func newBuilder(h trace.Header) *builder {
 	if h.StartMono != 0 {
 		b.base, b.haveBase = h.StartMono, true
 	}
-	// No event reports klp_send_signals yet (trace format 1.0), so signals
-	// are never observable; once one does, this looks at attached/missing.
-	b.signalsObservable = false
+	b.signalsObservable = h.SignalsObservable()
 	return b
 }
 
@@ -273,7 +272,7 @@ func (b *builder) transition(en *state.Ended, sum *Summary) *Transition {
 	t := &Transition{
 		Index: en.Index, Patch: st.Patch, Direction: direction(target),
 		Start: b.time(st.Start), Outcome: st.Outcome, Sweeps: st.Sweeps, Reverses: st.Reversed,
-		SignalsObservable: b.signalsObservable, StartedBeforeRecording: st.Attached,
+		Signals: st.Signals, SignalsObservable: b.signalsObservable, StartedBeforeRecording: st.Attached,
 		Tasks: st.Total, Switched: st.Switched, Blockers: []Blocker{},
 	}
 	end := st.End
@@ -298,7 +297,7 @@ func (b *builder) transition(en *state.Ended, sum *Summary) *Transition {
 		for _, bl := range en.Blockers {
 			r := Blocker{PID: bl.PID, TGID: bl.TGID, Comm: bl.Comm, Reason: bl.Reason, Func: bl.Func,
 				Stack: bl.Stack, FirstCheck: b.timep(bl.FirstCheck), LastCheck: b.timep(bl.LastCheck),
-				Checks: bl.Checks, BlockedNs: bl.Blocked, Switched: b.timep(bl.SwitchedAt), SwitchPath: bl.SwitchPath}
+				Checks: bl.Checks, Signals: bl.Signals, BlockedNs: bl.Blocked, Switched: b.timep(bl.SwitchedAt), SwitchPath: bl.SwitchPath}
 			if r.Stack == nil {
 				r.Stack = []string{}
 			}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -172,14 +173,23 @@ func (s *textSink) blockers(t *Transition) {
 	}
 	s.printf("    stall: %d %s blocked the transition, longest first\n", n, tasks)
 	shown := t.Blockers[:min(n, s.opts.MaxBlockers)]
-	rows := [][]string{{"PID", "COMM", "BLOCKED", "CHECKS", "FIRST FAIL", "LAST FAIL", "SWITCHED", "REASON"}}
+	head := []string{"PID", "COMM", "BLOCKED", "CHECKS", "FIRST FAIL", "LAST FAIL", "SWITCHED", "REASON"}
+	if t.SignalsObservable {
+		// A column of zeros would claim no signals where none were seen.
+		head = slices.Insert(head, 4, "SIGNALS")
+	}
+	rows := [][]string{head}
 	for _, b := range shown {
 		sw := "never"
 		if b.Switched != nil {
 			sw = offset(b.Switched) + " " + b.SwitchPath
 		}
-		rows = append(rows, []string{fmt.Sprint(b.PID), b.Comm, duration(b.BlockedNs), fmt.Sprint(b.Checks),
-			offset(b.FirstCheck), offset(b.LastCheck), sw, humanReason(b.Reason, b.Func)})
+		row := []string{fmt.Sprint(b.PID), b.Comm, duration(b.BlockedNs), fmt.Sprint(b.Checks),
+			offset(b.FirstCheck), offset(b.LastCheck), sw, humanReason(b.Reason, b.Func)}
+		if t.SignalsObservable {
+			row = slices.Insert(row, 4, fmt.Sprint(b.Signals))
+		}
+		rows = append(rows, row)
 	}
 	width := make([]int, len(rows[0]))
 	for _, r := range rows {

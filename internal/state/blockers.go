@@ -23,6 +23,8 @@ type Blocker struct {
 	// checks; Checks counts them.
 	FirstCheck, LastCheck uint64
 	Checks                int
+	// Signals the kernel sent the task (event.Signal) in this transition.
+	Signals int
 	// Blocked is how long the task was pending between the start of the
 	// transition (or of its pending period) and its switch, summed over
 	// pending periods; a reverse starts a new one.
@@ -134,6 +136,12 @@ func (k *Tracker) Apply(e event.Event) *Ended {
 		}
 	case event.TransitionForce:
 		k.closeAll(now, event.PathForce)
+	case event.Signal:
+		// The kernel signals only tasks that failed a check in this very
+		// sweep, so the blocker exists unless that check was lost.
+		if b := k.blockers[Key(e)]; b != nil {
+			b.Signals++
+		}
 	}
 	return ended
 }
@@ -241,7 +249,7 @@ func (k *Tracker) Close() *Ended {
 		if b := k.blockers[key]; b == nil || !b.open {
 			if b == nil {
 				b = &Blocker{Key: key, PID: t.PID, TGID: t.TGID, Comm: t.Comm,
-					Reason: t.Reason, Func: t.Func, Stack: t.Stack}
+					Reason: t.Reason, Func: t.Func, Stack: t.Stack, Signals: t.Signals}
 				k.blockers[key] = b
 			}
 			b.open = true

@@ -10,7 +10,7 @@ import (
 var fuzzTypes = []event.Type{event.PatchEnable, event.TransitionInit, event.TransitionStart,
 	event.TransitionComplete, event.TransitionReverse, event.TransitionCancel, event.TransitionForce,
 	event.SweepStart, event.SweepEnd, event.TaskCheck, event.TaskSwitch, event.PatchSnapshot,
-	event.TaskSnapshot, event.SnapshotEnd, event.Lost, "bogus"}
+	event.TaskSnapshot, event.SnapshotEnd, event.Lost, event.Signal, "bogus"}
 
 var (
 	fuzzComms   = []string{"", "swapper/0", "swapper/1", "swapper/x", "kworker/0:1", "bash", "swapper/-3", "swapper/99999999999"}

@@ -81,6 +81,10 @@ type Transition struct {
 	Forced   bool
 	Sweeps   int
 	Reversed int
+	// Signals counts the kernel's prods of pending tasks (event.Signal);
+	// 0 also when the recorder could not see them (see
+	// trace.Header.SignalsObservable).
+	Signals int
 	// Total is the number of tasks taking part (patch_state 0 or 1) and
 	// Switched how many of them are at Target.
 	Total    int
@@ -103,6 +107,7 @@ type Task struct {
 	Reason, Func string
 	LastCheck    uint64
 	Checks       int // failed checks in the current transition
+	Signals      int // signals the kernel sent it in the current transition
 	// Stack is the last kernel stack seen, innermost first.
 	Stack []string
 	// SwitchPath is how the task reached its current state (event.Path*).
@@ -260,6 +265,12 @@ func (s *State) Apply(e event.Event) {
 		s.Lost += e.Count
 	case event.FuncStack:
 		s.funcStack(e)
+	case event.Signal:
+		t := s.task(e)
+		t.Signals++
+		if tr := s.Transition; tr != nil {
+			tr.Signals++
+		}
 	}
 }
 
@@ -446,6 +457,7 @@ func (s *State) transitionInit(e event.Event) {
 		t.PatchState = 1 - tg
 		t.PendingSince = e.Time
 		t.SwitchPath, t.SwitchedAt = "", 0
+		t.Signals = 0
 		clearCheck(t)
 	}
 	s.recount()

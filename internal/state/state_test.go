@@ -444,3 +444,52 @@ func TestHandMadeGarbage(t *testing.T) {
 	var nilState State
 	nilState.Apply(check(1, 5, "x", event.ReasonRunning, ""))
 }
+
+func signal(t uint64, pid int, comm, path string) event.Event {
+	return event.Event{Time: t, Type: event.Signal, PID: pid, Comm: comm, Path: path, PatchState: 0}
+}
+
+// The kernel signals in the 16th sweep (klp_signals_cnt 15): hand-made, one
+// kthread woken and one user task signalled. Counts are per transition, per
+// task, and per blocker; a new transition starts from zero.
+func TestSignalsCounted(t *testing.T) {
+	k := NewTracker()
+	for _, e := range idleSnapshot() {
+		k.Apply(e)
+	}
+	k.Apply(initTr(10*sec, "p", 1))
+	at := 11 * sec
+	for n := 1; n <= 16; n++ {
+		k.Apply(ev(at, event.SweepStart))
+		k.Apply(check(at+1, 57, "kworker/1:2", event.ReasonSleeping, "busymod_work_func"))
+		k.Apply(check(at+2, 300, "bash", event.ReasonRunning, ""))
+		if n == 16 {
+			k.Apply(signal(at+3, 57, "kworker/1:2", event.PathWake))
+			k.Apply(signal(at+4, 300, "bash", event.PathSignal))
+		}
+		k.Apply(ev(at+5, event.SweepEnd))
+		at += sec
+	}
+	s := k.S
+	if s.Transition.Signals != 2 || s.Task(57).Signals != 1 || s.Task(300).Signals != 1 {
+		t.Fatalf("signals: transition %d, kworker %d, bash %d; want 2, 1, 1",
+			s.Transition.Signals, s.Task(57).Signals, s.Task(300).Signals)
+	}
+	ended := k.Apply(ev(at, event.TransitionComplete))
+	if ended == nil || ended.Transition.Signals != 2 {
+		t.Fatalf("ended %+v, want 2 signals", ended)
+	}
+	for _, b := range ended.Blockers {
+		if b.Signals != 1 {
+			t.Errorf("blocker %d: %d signals, want 1", b.PID, b.Signals)
+		}
+	}
+	k.Apply(initTr(at+sec, "p", 0))
+	if s.Transition.Signals != 0 || s.Task(57).Signals != 0 {
+		t.Errorf("new transition: signals %d, kworker %d; want 0", s.Transition.Signals, s.Task(57).Signals)
+	}
+	// A signal outside any transition (trace cut oddly) is counted on the
+	// task only, and never panics.
+	k.Apply(ev(at+2*sec, event.TransitionComplete))
+	k.Apply(signal(at+3*sec, 57, "kworker/1:2", event.PathWake))
+}

@@ -6,8 +6,11 @@ package trace
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/klptop/klptop/internal/event"
 )
 
 // Format is the value of Header.Format: it tells a klptop trace from any other
@@ -46,6 +49,12 @@ type Header struct {
 	Missing   []Missing `json:"missing"`
 	// Command run under `klptop record -- COMMAND`, if any.
 	Command []string `json:"command,omitempty"`
+}
+
+// SignalsObservable reports whether the recorder saw the kernel's signals
+// to stuck tasks: a trace without signal events then means none were sent.
+func (h Header) SignalsObservable() bool {
+	return slices.Contains(h.Attached, event.SignalProbe)
 }
 
 // NewHeader fills in the format fields.
