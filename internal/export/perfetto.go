@@ -212,14 +212,31 @@ func (p *perfetto) instant(k *state.Tracker, e event.Event) {
 	case event.Lost:
 		p.emit(traceEvent{Name: fmt.Sprintf("lost %d events", e.Count), Cat: "lost", Ph: "i", S: "g", Ts: p.us(e.Time)})
 		return
+	case event.Signal:
+		p.signal(k, e)
+		return
 	default:
 		return
 	}
-	// Signals (klp_send_signals) would be instants here too; no recorder
-	// reports them yet.
 	if k.Index() > 0 {
 		p.emit(traceEvent{Name: name, Cat: "transition", Ph: "i", S: "p", Ts: p.us(e.Time), Pid: k.Index(), Tid: p.trTid})
 	}
+}
+
+// signal marks the kernel's prod on the task's own track, next to the
+// stretch it was blocked: whether the task switched soon after shows there.
+func (p *perfetto) signal(k *state.Tracker, e event.Event) {
+	if k.S.Transition == nil || k.Index() == 0 {
+		return
+	}
+	name := "signal: fake signal"
+	if e.Path == event.PathWake {
+		name = "signal: wake"
+	}
+	pid := k.Index()
+	tid := p.taskTrack(pid, state.Key(e), e.PID, e.Comm)
+	p.emit(traceEvent{Name: name, Cat: "signal", Ph: "i", S: "t", Ts: p.us(e.Time), Pid: pid, Tid: tid,
+		Args: map[string]any{"pid": e.PID, "comm": e.Comm, "path": e.Path}})
 }
 
 func (p *perfetto) transition(en *state.Ended, note string) {
@@ -242,17 +259,23 @@ func (p *perfetto) transition(en *state.Ended, note string) {
 		Pid: en.Index, Tid: p.trTid, Args: args})
 }
 
+// taskTrack is the thread of a task in transition pid, made on first use.
+func (p *perfetto) taskTrack(pid, key, taskPID int, comm string) int {
+	tid, ok := p.tasks[key]
+	if !ok {
+		p.tids++
+		tid = p.tids
+		p.tasks[key] = tid
+		p.meta(pid, tid, "thread_name", fmt.Sprintf("%s (pid %d)", comm, taskPID))
+		p.emit(traceEvent{Name: "thread_sort_index", Ph: "M", Ts: "0", Pid: pid, Tid: tid, Args: map[string]any{"sort_index": tid}})
+	}
+	return tid
+}
+
 func (p *perfetto) segment(k *state.Tracker) func(*state.Transition, *state.Blocker, state.Segment) {
 	return func(tr *state.Transition, b *state.Blocker, s state.Segment) {
 		pid := k.Index()
-		tid, ok := p.tasks[b.Key]
-		if !ok {
-			p.tids++
-			tid = p.tids
-			p.tasks[b.Key] = tid
-			p.meta(pid, tid, "thread_name", fmt.Sprintf("%s (pid %d)", b.Comm, b.PID))
-			p.emit(traceEvent{Name: "thread_sort_index", Ph: "M", Ts: "0", Pid: pid, Tid: tid, Args: map[string]any{"sort_index": tid}})
-		}
+		tid := p.taskTrack(pid, b.Key, b.PID, b.Comm)
 		name := s.Reason
 		if s.Func != "" {
 			name += ": " + s.Func

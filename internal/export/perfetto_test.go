@@ -3,6 +3,7 @@ package export
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -261,5 +262,35 @@ func TestPerfettoRecorded(t *testing.T) {
 				t.Errorf("instants %q, want %q", got, w.instants)
 			}
 		})
+	}
+}
+
+// The hand-made signals trace: each signal is an instant on the signalled
+// task's own track, the one its blocked slices go on.
+func TestPerfettoSignals(t *testing.T) {
+	ct, _, err := export(t, "hand-made-signals.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	threads := map[[2]int]string{}
+	for _, e := range ct.TraceEvents {
+		if e.Ph == "M" && e.Name == "thread_name" {
+			threads[[2]int{e.Pid, e.Tid}] = e.Args["name"].(string)
+		}
+	}
+	var got []string
+	for _, e := range ct.TraceEvents {
+		if e.Cat != "signal" {
+			continue
+		}
+		got = append(got, fmt.Sprintf("%s %s @%.0f on %q", e.Ph, e.Name, e.Ts, threads[[2]int{e.Pid, e.Tid}]))
+	}
+	// The 16th sweep starts 15 s after the first, at +5.001 s.
+	want := []string{
+		`i signal: wake @20001040 on "kworker/1:2 (pid 57)"`,
+		`i signal: fake signal @20001045 on "bash (pid 300)"`,
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("signal instants\n got %q\nwant %q", got, want)
 	}
 }
