@@ -163,6 +163,54 @@ func (t *Table) Name(addr uint64) (name, module string, ok bool) {
 	return s.Name, s.Module, true
 }
 
+// At returns the symbol that starts exactly at addr, as a function pointer
+// (klp_func.new_func) names it, and its module. Unlike Name it never settles
+// for a symbol before addr: with a table older than a module, that is
+// another module's last symbol, or the stale kallsyms entry of an init
+// section whose freed memory the new module now uses (seen on 6.12). On a
+// miss it does not reread kallsyms: call Fresh first.
+func (t *Table) At(addr uint64) (name, module string, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.loaded {
+		if err := t.reloadLocked(); err != nil {
+			return "", "", false
+		}
+	}
+	s, ok := t.atLocked(addr)
+	if !ok {
+		return "", "", false
+	}
+	return s.Name, s.Module, true
+}
+
+func (t *Table) atLocked(addr uint64) (Sym, bool) {
+	i := sort.Search(len(t.syms), func(i int) bool { return t.syms[i].Addr > addr }) - 1
+	if i < 0 || t.syms[i].Addr != addr {
+		return Sym{}, false
+	}
+	return t.syms[i], true
+}
+
+// Fresh makes sure that every address in addrs has a symbol starting at it,
+// rereading kallsyms (once, whatever the time since the last reread) when
+// one does not: they are function pointers of modules that may have loaded
+// since the table was read.
+func (t *Table) Fresh(addrs []uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.loaded {
+		_ = t.reloadLocked()
+		return
+	}
+	for _, a := range addrs {
+		if _, ok := t.atLocked(a); !ok {
+			_ = t.reloadLocked()
+			return
+		}
+	}
+}
+
 // Frame symbolizes a return address from a stack trace, like %pB: the call
 // may be the last instruction of a noreturn function, so the lookup uses
 // addr-1 while the offset printed is addr's.

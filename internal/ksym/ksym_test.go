@@ -113,3 +113,35 @@ func TestProcKallsyms(t *testing.T) {
 		t.Fatalf("only %d symbols", len(syms))
 	}
 }
+
+// TestAtStale: a table read before a livepatch module loaded. The module's
+// text reuses the freed init memory of a module loaded earlier, whose
+// kallsyms still lists an init-data symbol there (6.12 does): Name settles
+// for that symbol, At never does, and Fresh rereads until the function is
+// there.
+func TestAtStale(t *testing.T) {
+	const before = `ffffffff81000000 T _stext
+ffffffffc0477060 t livepatch_cmdline_proc_show	[livepatch_sample]
+ffffffffc047e000 d __UNIQUE_ID___addressable_init_module498	[livepatch_sample]
+`
+	p := writeKallsyms(t, before)
+	tab := New(p)
+	const fn = 0xffffffffc047e060
+	if n, _, ok := tab.Name(fn); !ok || n != "__UNIQUE_ID___addressable_init_module498" {
+		t.Fatalf("Name = %q %v: the test no longer shows the stale-table case", n, ok)
+	}
+	if n, m, ok := tab.At(fn); ok {
+		t.Errorf("At on a stale table = %q [%s], want no symbol", n, m)
+	}
+	tab.Fresh([]uint64{0xffffffffc0477060}) // known: no reread
+	if err := os.WriteFile(p, []byte(before+"ffffffffc047e060 t livepatch_cmdline_proc_show\t[test_klp_livepatch]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := tab.At(fn); ok {
+		t.Error("At reread kallsyms by itself")
+	}
+	tab.Fresh([]uint64{0xffffffffc0477060, fn})
+	if n, m, ok := tab.At(fn); !ok || n != "livepatch_cmdline_proc_show" || m != "test_klp_livepatch" {
+		t.Errorf("At after Fresh = %q [%s] %v", n, m, ok)
+	}
+}

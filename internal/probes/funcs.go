@@ -133,6 +133,15 @@ func buildStacks(recs []funcRec, syms *ksym.Table) []FuncStack {
 			owner[r.fn] = r
 		}
 	}
+	// The read may be ahead of the table: a stack can hold the function of
+	// a livepatch module loaded since the table was read.
+	var addrs []uint64
+	for _, r := range recs {
+		if r.kind == frecStack && !r.nop && r.newFunc != 0 {
+			addrs = append(addrs, r.newFunc)
+		}
+	}
+	syms.Fresh(addrs)
 	byOps := make(map[uint32][]funcRec)
 	var order []uint32
 	for _, r := range recs {
@@ -156,7 +165,7 @@ func buildStacks(recs []funcRec, syms *ksym.Table) []FuncStack {
 			}
 			v := event.FuncVersion{Patch: o.patch, Nop: r.nop, Patched: r.patched, Transition: r.trans}
 			if !r.nop && r.newFunc != 0 {
-				if n, _, ok := syms.Name(r.newFunc); ok {
+				if n, _, ok := syms.At(r.newFunc); ok {
 					v.Func = n
 				} else {
 					v.Func = "?"
