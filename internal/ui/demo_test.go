@@ -77,7 +77,15 @@ func handMadeStall() []event.Event {
 			kw.Stack = busyStack
 		}
 		failed++
-		evs = append(evs, kw, event.Event{Time: ts + 300_000, Type: event.SweepEnd, Duration: 300_000, Pending: failed, Checked: failed})
+		evs = append(evs, kw)
+		if i == 15 {
+			// klp_signals_cnt reaches SIGNALS_TIMEOUT: every task still
+			// pending is prodded.
+			evs = append(evs,
+				event.Event{Time: ts + 200_000, Type: event.Signal, PID: 311, TGID: 311, Comm: "sleep", Path: event.PathSignal},
+				event.Event{Time: ts + 200_000, Type: event.Signal, PID: 42, TGID: 42, Comm: "kworker/0:1", Path: event.PathWake})
+		}
+		evs = append(evs, event.Event{Time: ts + 300_000, Type: event.SweepEnd, Duration: 300_000, Pending: failed, Checked: failed})
 	}
 	return evs
 }

@@ -51,7 +51,8 @@ func handMadeHeader() trace.Header {
 	h.BootID = "00000000-hand-made-0000-000000000000"
 	h.StartWall, h.StartMono = "2025-03-04T03:12:00Z", 1000*sec
 	h.Backend = "kprobe-multi"
-	h.Missing = []trace.Missing{{Symbol: "klp_send_signals", Why: "inlined"}}
+	h.Attached = []string{"klp_init_transition", "klp_try_complete_transition", "klp_check_and_switch_task", event.SignalProbe}
+	h.Missing = []trace.Missing{{Symbol: "klp_force_transition", Why: "not in available_filter_functions (inlined?)"}}
 	return h
 }
 

@@ -82,9 +82,10 @@ func (v transitionView) view(th Theme, s *state.State, now uint64, width int) st
 	return strings.Join([]string{head, bar, sweep}, "\n")
 }
 
-// sweepLine: the kernel retries a sweep about every second and sends fake
-// signals from the 15th on (SIGNALS_TIMEOUT), so the count says how stuck
-// the transition is.
+// sweepLine: the kernel retries a sweep about every second, so the count
+// says how stuck the transition is; the signals it sends the stuck tasks
+// (every 15th retry) are counted as the probes see them, never inferred from
+// the sweep count: where they cannot be probed, the start-up notes say so.
 func sweepLine(tr *state.Transition, now uint64, width int) string {
 	if tr.Sweeps == 0 {
 		return "no sweep yet"
@@ -98,8 +99,14 @@ func sweepLine(tr *state.Transition, now uint64, width int) string {
 			fmtDuration(since(now, tr.LastSweep)), fmtDuration(time.Duration(min(tr.LastSweepDuration, 1<<62))),
 			tr.LastSweepPending)
 	}
-	if sig := "; the kernel signals stuck tasks every 15th sweep"; tr.Sweeps >= 15 && len(s)+len(sig)+2 <= width {
-		s += sig
+	if tr.Signals > 0 {
+		sig := fmt.Sprintf("; %d signals sent", tr.Signals)
+		if tr.Signals == 1 {
+			sig = "; 1 signal sent"
+		}
+		if len(s)+len(sig)+2 <= width {
+			s += sig
+		}
 	}
 	return s
 }

@@ -18,7 +18,7 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 var testOpts = Options{
 	Title: "live: guest 6.1.0-56-amd64",
-	Notes: []string{"not observable here: klp_send_signals (inlined)"},
+	Notes: []string{"not observable here: klp_force_transition"},
 }
 
 // newTest builds a model at the given size, fed the events, its clock fixed
