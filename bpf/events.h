@@ -27,6 +27,7 @@ enum klptop_event_type {
 	/* Internal: a function stack may have changed; user space re-reads them. Never in a trace. */
 	EV_FUNCS_CHANGED,
 	EV_SIGNAL,
+	EV_KLP_STATE, /* one struct klp_state of the patch of the EV_PATCH_ENABLE before it */
 };
 
 enum klptop_path {
@@ -63,6 +64,9 @@ struct event {
 	char comm[KLPTOP_COMM_LEN];
 	char patch[KLPTOP_PATCH_LEN];
 	char func[KLPTOP_FUNC_LEN];
+	__u64 id;      /* EV_KLP_STATE: klp_state.id */
+	__u32 version; /* EV_KLP_STATE: klp_state.version */
+	__u32 _pad2;
 };
 
 /* One per task from the iter/task program, followed by stack_len u64 addresses. */
@@ -107,10 +111,35 @@ struct func_rec {
 #define FUNCS_OVERFLOW 0x1 /* more records than KLPTOP_MAX_FUNC_RECS, or a list longer than its bound */
 #define FUNCS_NO_HEADS 0x2 /* user space gave no list head addresses */
 #define FUNCS_NO_BTF   0x4 /* the kernel's BTF lacks the livepatch types */
+#define FUNCS_BUSY     0x8 /* klp_mutex was held during the read: a change may be half done */
 
 struct funcs_out {
 	__u32 n;
 	__u32 flags;
+};
+
+/*
+ * Shadow variables: counts per shadow id in the shadow_counts hash map,
+ * read by user space (never one event per call: real patches allocate and
+ * free them on hot paths).
+ */
+#define KLPTOP_MAX_SHADOW_IDS 1024
+
+struct shadow_count {
+	__u64 alloc_calls;        /* klp_shadow_alloc calls (returned) */
+	__u64 get_or_alloc_calls; /* klp_shadow_get_or_alloc calls (returned) */
+	__u64 free_calls;         /* klp_shadow_free calls */
+	__u64 free_all_calls;     /* klp_shadow_free_all calls */
+	__u64 allocs; /* shadow variables allocated: klp_shadow_alloc returning one, klp_shadow_get_or_alloc returning one where none existed at entry */
+	__u64 frees;  /* shadow variables freed: those the two free calls found at entry */
+};
+
+/* One per klp_state of a patch on klp_patches, from the states iterator. */
+struct state_rec {
+	__u64 id;
+	__u32 version;
+	__u32 index; /* the patch's position on klp_patches, 0 = bottom */
+	char patch[KLPTOP_PATCH_LEN];
 };
 
 #endif

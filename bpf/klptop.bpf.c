@@ -22,6 +22,8 @@ const struct event *unused_event __attribute__((unused));
 const struct task_rec *unused_task_rec __attribute__((unused));
 const struct func_rec *unused_func_rec __attribute__((unused));
 const struct funcs_out *unused_funcs_out __attribute__((unused));
+const struct shadow_count *unused_shadow_count __attribute__((unused));
+const struct state_rec *unused_state_rec __attribute__((unused));
 
 #define EADDRINUSE 98
 #define PF_IDLE 0x00000002
@@ -142,6 +144,14 @@ static __always_inline int emit_simple(__u32 type)
 	return 0;
 }
 
+/* Bound of a patch's klp_state array (klp_for_each_state stops at id 0). */
+#define MAX_STATES 16
+
+static __always_inline struct klp_state *state_at(struct klp_state *states, __u32 i)
+{
+	return (void *)states + i * bpf_core_type_size(struct klp_state);
+}
+
 SEC("kprobe/klp_enable_patch")
 int BPF_KPROBE(klp_enable_patch, struct klp_patch *patch)
 {
@@ -154,6 +164,28 @@ int BPF_KPROBE(klp_enable_patch, struct klp_patch *patch)
 		e->flags |= EVF_REPLACE;
 	e->target = 1;
 	bpf_ringbuf_submit(e, 0);
+
+	/* patch->states, the array klp_for_each_state walks: one event each. */
+	if (!bpf_core_field_exists(patch->states))
+		return 0;
+	struct klp_state *states = BPF_CORE_READ(patch, states);
+	if (!states)
+		return 0;
+	for (__u32 i = 0; i < MAX_STATES; i++) {
+		struct klp_state *st = state_at(states, i);
+		unsigned long id = BPF_CORE_READ(st, id);
+		if (!id)
+			break;
+		struct event *se = reserve(EV_KLP_STATE);
+		if (!se)
+			return 0;
+		__builtin_memset(se->patch, 0, sizeof(se->patch));
+		BPF_CORE_READ_STR_INTO(&se->patch, patch, mod, name);
+		se->target = 1;
+		se->id = id;
+		se->version = BPF_CORE_READ(st, version);
+		bpf_ringbuf_submit(se, 0);
+	}
 	return 0;
 }
 
@@ -178,8 +210,13 @@ int BPF_KPROBE(klp_start_transition)
 	return emit_simple(EV_TRANSITION_START);
 }
 
-SEC("kprobe/klp_complete_transition")
-int BPF_KPROBE(klp_complete_transition)
+/*
+ * On return: the kernel says "complete" at the end of it, after an RCU sync
+ * and, for an atomic replace, unpatching the replaced patches, which under
+ * emulation takes seconds.
+ */
+SEC("kretprobe/klp_complete_transition")
+int BPF_KRETPROBE(klp_complete_transition)
 {
 	return emit_simple(EV_TRANSITION_COMPLETE);
 }
@@ -469,6 +506,8 @@ FUNCS_CHANGED(klp_module_going)
  */
 volatile const __u64 klp_patches_addr = 0;
 volatile const __u64 klp_ops_addr = 0;
+/* Optional (0: not checked): every change to the lists is made under it. */
+volatile const __u64 klp_mutex_addr = 0;
 
 /* Bounds of the walks; bpf_loop keeps the verifier's work independent of them. */
 #define MAX_PATCHES 128
@@ -633,12 +672,25 @@ static long patch_step(__u32 i, struct walk *w)
 	return 0;
 }
 
+/* klp_mutex is held: a change to the lists may be half done. */
+static __always_inline bool klp_mutex_held(void)
+{
+	if (!klp_mutex_addr || !bpf_core_field_exists(struct mutex, owner))
+		return false;
+	__u64 owner = 0;
+	bpf_probe_read_kernel(&owner, sizeof(owner), (void *)klp_mutex_addr + bpf_core_field_offset(struct mutex, owner));
+	return (owner & ~0x7ULL) != 0; /* the low bits are flags (waiters, handoff), set on a free mutex too */
+}
+
 /*
  * Reads every function stack once. An iterator only to get a program that
  * user space can run on demand with bpf_probe_read_kernel: it acts on the
  * first task and ignores the rest. Runs without klp_mutex, so a list may
  * change under it; the reads are fault-safe and every walk is bounded, so the
- * worst case is one inconsistent picture, redone at the next change.
+ * worst case is one inconsistent picture. A change is made under klp_mutex in
+ * several steps (a klp_func is on its stack before it is marked patched; an
+ * atomic replace unpatches the replaced patches one by one): FUNCS_BUSY says
+ * the mutex was held before or after the walk, and user space reads again.
  */
 SEC("iter/task")
 int snapshot_funcs(struct bpf_iter__task *ctx)
@@ -651,13 +703,262 @@ int snapshot_funcs(struct bpf_iter__task *ctx)
 	} else if (!klp_ops_addr || !klp_patches_addr) {
 		out.flags = FUNCS_NO_HEADS;
 	} else {
+		bool busy = klp_mutex_held();
 		struct walk w = { .pos = klp_ops_addr };
 		bpf_loop(MAX_OPS, ops_step, &w, 0);
 		struct walk pw = { .pos = klp_patches_addr, .n = w.n, .flags = w.flags };
 		bpf_loop(MAX_PATCHES, patch_step, &pw, 0);
 		out.n = pw.n;
 		out.flags = pw.flags;
+		if (busy || klp_mutex_held())
+			out.flags |= FUNCS_BUSY;
 	}
 	bpf_seq_write(ctx->meta->seq, &out, sizeof(out));
+	return 0;
+}
+
+/*
+ * The klp_state array of every patch on klp_patches, for the start-up
+ * snapshot (klp_enable_patch shows those of patches loaded later). Same
+ * contract as snapshot_funcs: records in state_recs, a struct funcs_out.
+ */
+#define KLPTOP_MAX_STATE_RECS 512
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, KLPTOP_MAX_STATE_RECS);
+	__type(key, __u32);
+	__type(value, struct state_rec);
+} state_recs SEC(".maps");
+
+static long state_patch_step(__u32 i, struct walk *w)
+{
+	__u64 next = next_node(w->pos);
+	if (!next || next == klp_patches_addr)
+		return 1;
+	w->pos = next;
+	struct klp_patch *p = (void *)next - bpf_core_field_offset(struct klp_patch, list);
+	struct klp_state *states = BPF_CORE_READ(p, states);
+	if (!states)
+		return 0;
+	for (__u32 k = 0; k < MAX_STATES; k++) {
+		struct klp_state *st = state_at(states, k);
+		unsigned long id = BPF_CORE_READ(st, id);
+		if (!id)
+			return 0;
+		__u32 n = w->n;
+		if (n >= KLPTOP_MAX_STATE_RECS) {
+			w->flags |= FUNCS_OVERFLOW;
+			return 1;
+		}
+		struct state_rec *r = bpf_map_lookup_elem(&state_recs, &n);
+		if (!r)
+			return 1;
+		__builtin_memset(r, 0, sizeof(*r));
+		r->id = id;
+		r->version = BPF_CORE_READ(st, version);
+		r->index = i;
+		BPF_CORE_READ_STR_INTO(&r->patch, p, mod, name);
+		w->n = n + 1;
+	}
+	w->flags |= FUNCS_OVERFLOW; /* more than MAX_STATES */
+	return 0;
+}
+
+SEC("iter/task")
+int snapshot_states(struct bpf_iter__task *ctx)
+{
+	struct funcs_out out = {};
+	if (ctx->meta->seq_num != 0 || !ctx->task)
+		return 0;
+	if (!bpf_core_field_exists(struct klp_patch, states)) {
+		out.flags = FUNCS_NO_BTF;
+	} else if (!klp_patches_addr) {
+		out.flags = FUNCS_NO_HEADS;
+	} else {
+		struct walk w = { .pos = klp_patches_addr };
+		bpf_loop(MAX_PATCHES, state_patch_step, &w, 0);
+		out.n = w.n;
+		out.flags = w.flags;
+	}
+	bpf_seq_write(ctx->meta->seq, &out, sizeof(out));
+	return 0;
+}
+
+/*
+ * Shadow variables. klp_shadow_get, the lookup real patches call on every
+ * call of a patched function, is not probed. The kernel's own hash table
+ * (static klp_shadow_hash, address from /proc/kallsyms) tells whether a
+ * shadow variable existed at entry: klp_shadow_get_or_alloc allocates only
+ * when none did, klp_shadow_free and klp_shadow_free_all free only those
+ * that did. Racing callers on other CPUs can make one such answer stale.
+ */
+volatile const __u64 klp_shadow_hash_addr = 0;
+
+/* DEFINE_HASHTABLE(klp_shadow_hash, 12), hash_min(obj): hash_64 on 64-bit. */
+#define SHADOW_HASH_BITS 12
+#define SHADOW_BUCKETS (1 << SHADOW_HASH_BITS)
+#define GOLDEN_RATIO_64 0x61C8864680B583EBull
+#define MAX_SHADOW_CHAIN 256
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KLPTOP_MAX_SHADOW_IDS);
+	__type(key, __u64); /* shadow id */
+	__type(value, struct shadow_count);
+} shadow_counts SEC(".maps");
+
+struct shadow_args {
+	__u64 id;
+	__u64 found; /* a variable for (obj, id) existed at entry */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct shadow_args);
+} shadow_stash SEC(".maps");
+
+static __always_inline struct shadow_count *shadow_count_of(__u64 id)
+{
+	struct shadow_count *c = bpf_map_lookup_elem(&shadow_counts, &id);
+	if (c)
+		return c;
+	struct shadow_count zero = {};
+	bpf_map_update_elem(&shadow_counts, &id, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&shadow_counts, &id);
+}
+
+struct chain {
+	__u64 pos; /* hlist_node */
+	__u64 obj; /* 0: any object */
+	__u64 id;
+	__u64 found;
+	__u32 first; /* stop at the first match */
+};
+
+static long chain_step(__u32 i, struct chain *c)
+{
+	if (!c->pos)
+		return 1;
+	struct klp_shadow *sh = (void *)c->pos - bpf_core_field_offset(struct klp_shadow, node);
+	__u64 obj = (__u64)BPF_CORE_READ(sh, obj);
+	__u64 id = BPF_CORE_READ(sh, id);
+	if (id == c->id && (!c->obj || obj == c->obj)) {
+		c->found++;
+		if (c->first)
+			return 1;
+	}
+	c->pos = (__u64)BPF_CORE_READ(sh, node.next);
+	return 0;
+}
+
+static __always_inline __u64 bucket_first(__u32 b)
+{
+	__u64 first = 0;
+	bpf_probe_read_kernel(&first, sizeof(first), (void *)klp_shadow_hash_addr + (__u64)b * sizeof(void *));
+	return first;
+}
+
+/* Whether the kernel holds a shadow variable for (obj, id). */
+static __always_inline bool shadow_exists(__u64 obj, __u64 id)
+{
+	struct chain c = { .obj = obj, .id = id, .first = 1 };
+	__u32 b = (obj * GOLDEN_RATIO_64) >> (64 - SHADOW_HASH_BITS);
+	c.pos = bucket_first(b);
+	bpf_loop(MAX_SHADOW_CHAIN, chain_step, &c, 0);
+	return c.found != 0;
+}
+
+static long bucket_step(__u32 b, struct chain *all)
+{
+	struct chain c = { .id = all->id, .pos = bucket_first(b) };
+	bpf_loop(MAX_SHADOW_CHAIN, chain_step, &c, 0);
+	all->found += c.found;
+	return 0;
+}
+
+static __always_inline int shadow_stash_entry(__u64 id, __u64 found)
+{
+	__u64 key = bpf_get_current_pid_tgid();
+	struct shadow_args a = { .id = id, .found = found };
+	bpf_map_update_elem(&shadow_stash, &key, &a, BPF_ANY);
+	return 0;
+}
+
+SEC("kprobe/klp_shadow_alloc")
+int BPF_KPROBE(shadow_alloc, void *obj, unsigned long id)
+{
+	return shadow_stash_entry(id, 0);
+}
+
+/* Returns NULL when (obj, id) already exists or the allocation failed. */
+SEC("kretprobe/klp_shadow_alloc")
+int BPF_KRETPROBE(shadow_alloc_ret, void *ret)
+{
+	__u64 key = bpf_get_current_pid_tgid();
+	struct shadow_args *a = bpf_map_lookup_elem(&shadow_stash, &key);
+	if (!a)
+		return 0;
+	__u64 id = a->id;
+	bpf_map_delete_elem(&shadow_stash, &key);
+	struct shadow_count *c = shadow_count_of(id);
+	if (!c)
+		return 0;
+	__sync_fetch_and_add(&c->alloc_calls, 1);
+	if (ret)
+		__sync_fetch_and_add(&c->allocs, 1);
+	return 0;
+}
+
+SEC("kprobe/klp_shadow_get_or_alloc")
+int BPF_KPROBE(shadow_get_or_alloc, void *obj, unsigned long id)
+{
+	return shadow_stash_entry(id, shadow_exists((__u64)obj, id));
+}
+
+SEC("kretprobe/klp_shadow_get_or_alloc")
+int BPF_KRETPROBE(shadow_get_or_alloc_ret, void *ret)
+{
+	__u64 key = bpf_get_current_pid_tgid();
+	struct shadow_args *a = bpf_map_lookup_elem(&shadow_stash, &key);
+	if (!a)
+		return 0;
+	__u64 id = a->id, found = a->found;
+	bpf_map_delete_elem(&shadow_stash, &key);
+	struct shadow_count *c = shadow_count_of(id);
+	if (!c)
+		return 0;
+	__sync_fetch_and_add(&c->get_or_alloc_calls, 1);
+	if (ret && !found)
+		__sync_fetch_and_add(&c->allocs, 1);
+	return 0;
+}
+
+SEC("kprobe/klp_shadow_free")
+int BPF_KPROBE(shadow_free, void *obj, unsigned long id)
+{
+	bool found = shadow_exists((__u64)obj, id);
+	struct shadow_count *c = shadow_count_of(id);
+	if (!c)
+		return 0;
+	__sync_fetch_and_add(&c->free_calls, 1);
+	if (found)
+		__sync_fetch_and_add(&c->frees, 1);
+	return 0;
+}
+
+SEC("kprobe/klp_shadow_free_all")
+int BPF_KPROBE(shadow_free_all, unsigned long id)
+{
+	struct chain all = { .id = id };
+	bpf_loop(SHADOW_BUCKETS, bucket_step, &all, 0);
+	struct shadow_count *c = shadow_count_of(id);
+	if (!c)
+		return 0;
+	__sync_fetch_and_add(&c->free_all_calls, 1);
+	if (all.found)
+		__sync_fetch_and_add(&c->frees, all.found);
 	return 0;
 }

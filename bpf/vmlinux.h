@@ -37,6 +37,7 @@ enum bpf_map_type {
 
 enum {
 	BPF_ANY = 0,
+	BPF_NOEXIST = 1,
 };
 
 /* x86-64 struct pt_regs: the kprobe context, a fixed kernel ABI. */
@@ -61,8 +62,25 @@ struct list_head {
 	struct list_head *next, *prev;
 } __attribute__((preserve_access_index));
 
+/* Only its owner word: nonzero while someone holds it. PREEMPT_RT has none. */
+typedef struct {
+	__s64 counter;
+} atomic64_t;
+typedef atomic64_t atomic_long_t;
+
+struct mutex {
+	atomic_long_t owner;
+} __attribute__((preserve_access_index));
+
+struct klp_state {
+	unsigned long id;
+	unsigned int version;
+	void *data;
+} __attribute__((preserve_access_index));
+
 struct klp_patch {
 	struct module *mod;
+	struct klp_state *states;
 	struct list_head list;
 	struct list_head obj_list;
 	bool enabled;
@@ -93,6 +111,17 @@ struct klp_func {
 struct klp_ops {
 	struct list_head node;
 	struct list_head func_stack;
+} __attribute__((preserve_access_index));
+
+struct hlist_node {
+	struct hlist_node *next, **pprev;
+} __attribute__((preserve_access_index));
+
+/* Private to kernel/livepatch/shadow.c, but described by the kernel's BTF. */
+struct klp_shadow {
+	struct hlist_node node;
+	void *obj;
+	unsigned long id;
 } __attribute__((preserve_access_index));
 
 struct seq_file;

@@ -18,7 +18,9 @@ const (
 	offComm     = 56
 	offPatch    = offComm + commLen
 	offFunc     = offPatch + patchLen
-	eventSize   = offFunc + funcLen
+	offID       = offFunc + funcLen
+	offVersion  = offID + 8
+	eventSize   = offVersion + 8
 	taskRecSize = 16 + commLen
 )
 
@@ -37,6 +39,7 @@ var eventTypes = [...]event.Type{
 	11: event.TaskSwitch,
 	12: funcsChanged,
 	13: event.Signal,
+	14: event.KlpState,
 }
 
 // enum klptop_path
@@ -91,6 +94,10 @@ func decodeEvent(b []byte) (rawEvent, error) {
 	e.Comm = cstr(b[offComm : offComm+commLen])
 	e.Patch = cstr(b[offPatch : offPatch+patchLen])
 	e.Func = cstr(b[offFunc : offFunc+funcLen])
+	if e.Type == event.KlpState {
+		e.ID = le.Uint64(b[offID:])
+		e.Version = int(le.Uint32(b[offVersion:]))
+	}
 	if e.Type == event.TaskCheck {
 		e.Reason = event.ReasonFor(e.Ret)
 		if e.Ret == 0 {

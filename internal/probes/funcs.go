@@ -8,6 +8,7 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -33,6 +34,21 @@ const (
 	funcsOverflow = 0x1
 	funcsNoHeads  = 0x2
 	funcsNoBTF    = 0x4
+	funcsBusy     = 0x8
+)
+
+// optionalHeads are resolved like listHeads but may be missing: klp_mutex,
+// held by every change to the lists, tells a half-done change from a state.
+var optionalHeads = [...]struct{ sym, variable string }{
+	{"klp_mutex", "klp_mutex_addr"},
+}
+
+// A read that finds klp_mutex held is retried every busyRetry for up to
+// busyWait; past that its picture is taken as it is (a long transition
+// sweep, or a kernel holding the mutex for other reasons).
+const (
+	busyRetry = 10 * time.Millisecond
+	busyWait  = 2 * time.Second
 )
 
 // listHeads are the kernel's lists the funcs iterator walks. Neither has
@@ -65,6 +81,11 @@ func resolveHeads(kallsyms string) (map[string]uint64, string) {
 				out[h.variable] = s.Addr
 			}
 		}
+		for _, h := range optionalHeads {
+			if s.Name == h.sym {
+				out[h.variable] = s.Addr
+			}
+		}
 	}
 	for _, h := range listHeads {
 		if out[h.variable] == 0 {
@@ -85,7 +106,11 @@ func setHeads(spec *ebpf.CollectionSpec, kallsyms string) (bool, string) {
 		return false, why
 	}
 	for v, addr := range heads {
-		if err := spec.Variables[v].Set(addr); err != nil {
+		sv := spec.Variables[v]
+		if sv == nil {
+			continue // an optional head the object does not use
+		}
+		if err := sv.Set(addr); err != nil {
 			return false, err.Error()
 		}
 	}
@@ -215,20 +240,19 @@ func (s *Session) FuncStacks() ([]FuncStack, error) {
 		return nil, fmt.Errorf("funcs iterator: %w", err)
 	}
 	defer it.Close()
-	r, err := it.Open()
-	if err != nil {
-		return nil, fmt.Errorf("funcs iterator: %w", err)
+	// A read while klp_mutex is held may show a change half done (a
+	// function on its stack but not yet patched, a replace that has
+	// unpatched some of the replaced patches): read again once it is free.
+	var n, flags uint32
+	for deadline := time.Now().Add(busyWait); ; time.Sleep(busyRetry) {
+		n, flags, err = runFuncsIter(it)
+		if err != nil {
+			return nil, err
+		}
+		if flags&funcsBusy == 0 || time.Now().After(deadline) {
+			break
+		}
 	}
-	b, err := io.ReadAll(r)
-	r.Close()
-	if err != nil {
-		return nil, fmt.Errorf("funcs iterator: %w", err)
-	}
-	if len(b) < funcsOutSize {
-		return nil, fmt.Errorf("funcs iterator: %d bytes of output", len(b))
-	}
-	n := binary.LittleEndian.Uint32(b[0:])
-	flags := binary.LittleEndian.Uint32(b[4:])
 	switch {
 	case flags&funcsNoBTF != 0:
 		return nil, fmt.Errorf("function stacks not observable here: kernel BTF has no struct klp_ops")
@@ -253,6 +277,24 @@ func (s *Session) FuncStacks() ([]FuncStack, error) {
 		err = fmt.Errorf("function stacks truncated: more than %d records or a list past its bound", n)
 	}
 	return st, err
+}
+
+// runFuncsIter runs the funcs iterator once: it fills func_recs and returns
+// their number and the flags.
+func runFuncsIter(it *link.Iter) (n, flags uint32, err error) {
+	r, err := it.Open()
+	if err != nil {
+		return 0, 0, fmt.Errorf("funcs iterator: %w", err)
+	}
+	b, err := io.ReadAll(r)
+	r.Close()
+	if err != nil {
+		return 0, 0, fmt.Errorf("funcs iterator: %w", err)
+	}
+	if len(b) < funcsOutSize {
+		return 0, 0, fmt.Errorf("funcs iterator: %d bytes of output", len(b))
+	}
+	return binary.LittleEndian.Uint32(b[0:]), binary.LittleEndian.Uint32(b[4:]), nil
 }
 
 // funcEvents reads the stacks and returns a FuncStack event for each one

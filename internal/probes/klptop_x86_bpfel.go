@@ -44,6 +44,30 @@ type klptopLastCheck struct {
 	Gen  uint64
 }
 
+type klptopShadowArgs struct {
+	_     structs.HostLayout
+	Id    uint64
+	Found uint64
+}
+
+type klptopShadowCount struct {
+	_               structs.HostLayout
+	AllocCalls      uint64
+	GetOrAllocCalls uint64
+	FreeCalls       uint64
+	FreeAllCalls    uint64
+	Allocs          uint64
+	Frees           uint64
+}
+
+type klptopStateRec struct {
+	_       structs.HostLayout
+	Id      uint64
+	Version uint32
+	Index   uint32
+	Patch   [56]int8
+}
+
 type klptopTaskOut struct {
 	_   structs.HostLayout
 	Rec struct {
@@ -67,6 +91,9 @@ const (
 	klptopMapIterScratch                        = "iter_scratch"
 	klptopMapLastChecks                         = "last_checks"
 	klptopMapLost                               = "lost"
+	klptopMapShadowCounts                       = "shadow_counts"
+	klptopMapShadowStash                        = "shadow_stash"
+	klptopMapStateRecs                          = "state_recs"
 	klptopMapUpdateStash                        = "update_stash"
 	klptopProgFuncsChangedKlpCancelTransition   = "funcs_changed_klp_cancel_transition"
 	klptopProgFuncsChangedKlpCompleteTransition = "funcs_changed_klp_complete_transition"
@@ -92,12 +119,21 @@ const (
 	klptopProgKlpTryCompleteTransitionRet       = "klp_try_complete_transition_ret"
 	klptopProgKlpUpdatePatchState               = "klp_update_patch_state"
 	klptopProgKlpUpdatePatchStateRet            = "klp_update_patch_state_ret"
+	klptopProgShadowAlloc                       = "shadow_alloc"
+	klptopProgShadowAllocRet                    = "shadow_alloc_ret"
+	klptopProgShadowFree                        = "shadow_free"
+	klptopProgShadowFreeAll                     = "shadow_free_all"
+	klptopProgShadowGetOrAlloc                  = "shadow_get_or_alloc"
+	klptopProgShadowGetOrAllocRet               = "shadow_get_or_alloc_ret"
 	klptopProgSnapshotFuncs                     = "snapshot_funcs"
+	klptopProgSnapshotStates                    = "snapshot_states"
 	klptopProgSnapshotTasks                     = "snapshot_tasks"
 	klptopVarCurPatch                           = "cur_patch"
 	klptopVarCurTarget                          = "cur_target"
+	klptopVarKlpMutexAddr                       = "klp_mutex_addr"
 	klptopVarKlpOpsAddr                         = "klp_ops_addr"
 	klptopVarKlpPatchesAddr                     = "klp_patches_addr"
+	klptopVarKlpShadowHashAddr                  = "klp_shadow_hash_addr"
 	klptopVarSweepChecked                       = "sweep_checked"
 	klptopVarSweepPending                       = "sweep_pending"
 	klptopVarSweepProbed                        = "sweep_probed"
@@ -107,6 +143,8 @@ const (
 	klptopVarUnusedEvent                        = "unused_event"
 	klptopVarUnusedFuncRec                      = "unused_func_rec"
 	klptopVarUnusedFuncsOut                     = "unused_funcs_out"
+	klptopVarUnusedShadowCount                  = "unused_shadow_count"
+	klptopVarUnusedStateRec                     = "unused_state_rec"
 	klptopVarUnusedTaskRec                      = "unused_task_rec"
 )
 
@@ -176,7 +214,14 @@ type klptopProgramSpecs struct {
 	KlpTryCompleteTransitionRet       *ebpf.ProgramSpec `ebpf:"klp_try_complete_transition_ret"`
 	KlpUpdatePatchState               *ebpf.ProgramSpec `ebpf:"klp_update_patch_state"`
 	KlpUpdatePatchStateRet            *ebpf.ProgramSpec `ebpf:"klp_update_patch_state_ret"`
+	ShadowAlloc                       *ebpf.ProgramSpec `ebpf:"shadow_alloc"`
+	ShadowAllocRet                    *ebpf.ProgramSpec `ebpf:"shadow_alloc_ret"`
+	ShadowFree                        *ebpf.ProgramSpec `ebpf:"shadow_free"`
+	ShadowFreeAll                     *ebpf.ProgramSpec `ebpf:"shadow_free_all"`
+	ShadowGetOrAlloc                  *ebpf.ProgramSpec `ebpf:"shadow_get_or_alloc"`
+	ShadowGetOrAllocRet               *ebpf.ProgramSpec `ebpf:"shadow_get_or_alloc_ret"`
 	SnapshotFuncs                     *ebpf.ProgramSpec `ebpf:"snapshot_funcs"`
+	SnapshotStates                    *ebpf.ProgramSpec `ebpf:"snapshot_states"`
 	SnapshotTasks                     *ebpf.ProgramSpec `ebpf:"snapshot_tasks"`
 }
 
@@ -184,33 +229,40 @@ type klptopProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type klptopMapSpecs struct {
-	CheckStash  *ebpf.MapSpec `ebpf:"check_stash"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	FuncRecs    *ebpf.MapSpec `ebpf:"func_recs"`
-	IterScratch *ebpf.MapSpec `ebpf:"iter_scratch"`
-	LastChecks  *ebpf.MapSpec `ebpf:"last_checks"`
-	Lost        *ebpf.MapSpec `ebpf:"lost"`
-	UpdateStash *ebpf.MapSpec `ebpf:"update_stash"`
+	CheckStash   *ebpf.MapSpec `ebpf:"check_stash"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	FuncRecs     *ebpf.MapSpec `ebpf:"func_recs"`
+	IterScratch  *ebpf.MapSpec `ebpf:"iter_scratch"`
+	LastChecks   *ebpf.MapSpec `ebpf:"last_checks"`
+	Lost         *ebpf.MapSpec `ebpf:"lost"`
+	ShadowCounts *ebpf.MapSpec `ebpf:"shadow_counts"`
+	ShadowStash  *ebpf.MapSpec `ebpf:"shadow_stash"`
+	StateRecs    *ebpf.MapSpec `ebpf:"state_recs"`
+	UpdateStash  *ebpf.MapSpec `ebpf:"update_stash"`
 }
 
 // klptopVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type klptopVariableSpecs struct {
-	CurPatch       *ebpf.VariableSpec `ebpf:"cur_patch"`
-	CurTarget      *ebpf.VariableSpec `ebpf:"cur_target"`
-	KlpOpsAddr     *ebpf.VariableSpec `ebpf:"klp_ops_addr"`
-	KlpPatchesAddr *ebpf.VariableSpec `ebpf:"klp_patches_addr"`
-	SweepChecked   *ebpf.VariableSpec `ebpf:"sweep_checked"`
-	SweepPending   *ebpf.VariableSpec `ebpf:"sweep_pending"`
-	SweepProbed    *ebpf.VariableSpec `ebpf:"sweep_probed"`
-	SweepStartNs   *ebpf.VariableSpec `ebpf:"sweep_start_ns"`
-	SweepTask      *ebpf.VariableSpec `ebpf:"sweep_task"`
-	TransitionGen  *ebpf.VariableSpec `ebpf:"transition_gen"`
-	UnusedEvent    *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedFuncRec  *ebpf.VariableSpec `ebpf:"unused_func_rec"`
-	UnusedFuncsOut *ebpf.VariableSpec `ebpf:"unused_funcs_out"`
-	UnusedTaskRec  *ebpf.VariableSpec `ebpf:"unused_task_rec"`
+	CurPatch          *ebpf.VariableSpec `ebpf:"cur_patch"`
+	CurTarget         *ebpf.VariableSpec `ebpf:"cur_target"`
+	KlpMutexAddr      *ebpf.VariableSpec `ebpf:"klp_mutex_addr"`
+	KlpOpsAddr        *ebpf.VariableSpec `ebpf:"klp_ops_addr"`
+	KlpPatchesAddr    *ebpf.VariableSpec `ebpf:"klp_patches_addr"`
+	KlpShadowHashAddr *ebpf.VariableSpec `ebpf:"klp_shadow_hash_addr"`
+	SweepChecked      *ebpf.VariableSpec `ebpf:"sweep_checked"`
+	SweepPending      *ebpf.VariableSpec `ebpf:"sweep_pending"`
+	SweepProbed       *ebpf.VariableSpec `ebpf:"sweep_probed"`
+	SweepStartNs      *ebpf.VariableSpec `ebpf:"sweep_start_ns"`
+	SweepTask         *ebpf.VariableSpec `ebpf:"sweep_task"`
+	TransitionGen     *ebpf.VariableSpec `ebpf:"transition_gen"`
+	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedFuncRec     *ebpf.VariableSpec `ebpf:"unused_func_rec"`
+	UnusedFuncsOut    *ebpf.VariableSpec `ebpf:"unused_funcs_out"`
+	UnusedShadowCount *ebpf.VariableSpec `ebpf:"unused_shadow_count"`
+	UnusedStateRec    *ebpf.VariableSpec `ebpf:"unused_state_rec"`
+	UnusedTaskRec     *ebpf.VariableSpec `ebpf:"unused_task_rec"`
 }
 
 // klptopObjects contains all objects after they have been loaded into the kernel.
@@ -233,13 +285,16 @@ func (o *klptopObjects) Close() error {
 //
 // It can be passed to loadKlptopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type klptopMaps struct {
-	CheckStash  *ebpf.Map `ebpf:"check_stash"`
-	Events      *ebpf.Map `ebpf:"events"`
-	FuncRecs    *ebpf.Map `ebpf:"func_recs"`
-	IterScratch *ebpf.Map `ebpf:"iter_scratch"`
-	LastChecks  *ebpf.Map `ebpf:"last_checks"`
-	Lost        *ebpf.Map `ebpf:"lost"`
-	UpdateStash *ebpf.Map `ebpf:"update_stash"`
+	CheckStash   *ebpf.Map `ebpf:"check_stash"`
+	Events       *ebpf.Map `ebpf:"events"`
+	FuncRecs     *ebpf.Map `ebpf:"func_recs"`
+	IterScratch  *ebpf.Map `ebpf:"iter_scratch"`
+	LastChecks   *ebpf.Map `ebpf:"last_checks"`
+	Lost         *ebpf.Map `ebpf:"lost"`
+	ShadowCounts *ebpf.Map `ebpf:"shadow_counts"`
+	ShadowStash  *ebpf.Map `ebpf:"shadow_stash"`
+	StateRecs    *ebpf.Map `ebpf:"state_recs"`
+	UpdateStash  *ebpf.Map `ebpf:"update_stash"`
 }
 
 func (m *klptopMaps) Close() error {
@@ -250,6 +305,9 @@ func (m *klptopMaps) Close() error {
 		m.IterScratch,
 		m.LastChecks,
 		m.Lost,
+		m.ShadowCounts,
+		m.ShadowStash,
+		m.StateRecs,
 		m.UpdateStash,
 	)
 }
@@ -258,20 +316,24 @@ func (m *klptopMaps) Close() error {
 //
 // It can be passed to loadKlptopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type klptopVariables struct {
-	CurPatch       *ebpf.Variable `ebpf:"cur_patch"`
-	CurTarget      *ebpf.Variable `ebpf:"cur_target"`
-	KlpOpsAddr     *ebpf.Variable `ebpf:"klp_ops_addr"`
-	KlpPatchesAddr *ebpf.Variable `ebpf:"klp_patches_addr"`
-	SweepChecked   *ebpf.Variable `ebpf:"sweep_checked"`
-	SweepPending   *ebpf.Variable `ebpf:"sweep_pending"`
-	SweepProbed    *ebpf.Variable `ebpf:"sweep_probed"`
-	SweepStartNs   *ebpf.Variable `ebpf:"sweep_start_ns"`
-	SweepTask      *ebpf.Variable `ebpf:"sweep_task"`
-	TransitionGen  *ebpf.Variable `ebpf:"transition_gen"`
-	UnusedEvent    *ebpf.Variable `ebpf:"unused_event"`
-	UnusedFuncRec  *ebpf.Variable `ebpf:"unused_func_rec"`
-	UnusedFuncsOut *ebpf.Variable `ebpf:"unused_funcs_out"`
-	UnusedTaskRec  *ebpf.Variable `ebpf:"unused_task_rec"`
+	CurPatch          *ebpf.Variable `ebpf:"cur_patch"`
+	CurTarget         *ebpf.Variable `ebpf:"cur_target"`
+	KlpMutexAddr      *ebpf.Variable `ebpf:"klp_mutex_addr"`
+	KlpOpsAddr        *ebpf.Variable `ebpf:"klp_ops_addr"`
+	KlpPatchesAddr    *ebpf.Variable `ebpf:"klp_patches_addr"`
+	KlpShadowHashAddr *ebpf.Variable `ebpf:"klp_shadow_hash_addr"`
+	SweepChecked      *ebpf.Variable `ebpf:"sweep_checked"`
+	SweepPending      *ebpf.Variable `ebpf:"sweep_pending"`
+	SweepProbed       *ebpf.Variable `ebpf:"sweep_probed"`
+	SweepStartNs      *ebpf.Variable `ebpf:"sweep_start_ns"`
+	SweepTask         *ebpf.Variable `ebpf:"sweep_task"`
+	TransitionGen     *ebpf.Variable `ebpf:"transition_gen"`
+	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
+	UnusedFuncRec     *ebpf.Variable `ebpf:"unused_func_rec"`
+	UnusedFuncsOut    *ebpf.Variable `ebpf:"unused_funcs_out"`
+	UnusedShadowCount *ebpf.Variable `ebpf:"unused_shadow_count"`
+	UnusedStateRec    *ebpf.Variable `ebpf:"unused_state_rec"`
+	UnusedTaskRec     *ebpf.Variable `ebpf:"unused_task_rec"`
 }
 
 // klptopPrograms contains all programs after they have been loaded into the kernel.
@@ -302,7 +364,14 @@ type klptopPrograms struct {
 	KlpTryCompleteTransitionRet       *ebpf.Program `ebpf:"klp_try_complete_transition_ret"`
 	KlpUpdatePatchState               *ebpf.Program `ebpf:"klp_update_patch_state"`
 	KlpUpdatePatchStateRet            *ebpf.Program `ebpf:"klp_update_patch_state_ret"`
+	ShadowAlloc                       *ebpf.Program `ebpf:"shadow_alloc"`
+	ShadowAllocRet                    *ebpf.Program `ebpf:"shadow_alloc_ret"`
+	ShadowFree                        *ebpf.Program `ebpf:"shadow_free"`
+	ShadowFreeAll                     *ebpf.Program `ebpf:"shadow_free_all"`
+	ShadowGetOrAlloc                  *ebpf.Program `ebpf:"shadow_get_or_alloc"`
+	ShadowGetOrAllocRet               *ebpf.Program `ebpf:"shadow_get_or_alloc_ret"`
 	SnapshotFuncs                     *ebpf.Program `ebpf:"snapshot_funcs"`
+	SnapshotStates                    *ebpf.Program `ebpf:"snapshot_states"`
 	SnapshotTasks                     *ebpf.Program `ebpf:"snapshot_tasks"`
 }
 
@@ -332,7 +401,14 @@ func (p *klptopPrograms) Close() error {
 		p.KlpTryCompleteTransitionRet,
 		p.KlpUpdatePatchState,
 		p.KlpUpdatePatchStateRet,
+		p.ShadowAlloc,
+		p.ShadowAllocRet,
+		p.ShadowFree,
+		p.ShadowFreeAll,
+		p.ShadowGetOrAlloc,
+		p.ShadowGetOrAllocRet,
 		p.SnapshotFuncs,
+		p.SnapshotStates,
 		p.SnapshotTasks,
 	)
 }

@@ -145,7 +145,8 @@ func TestEventLayout(t *testing.T) {
 	}
 	for name, want := range map[string]uint32{"time": 0, "duration": 8, "type": 16, "cpu": 20,
 		"pid": 24, "tgid": 28, "ret": 32, "target": 36, "patch_state": 40, "pending": 44,
-		"checked": 48, "flags": 52, "path": 53, "comm": offComm, "patch": offPatch, "func": offFunc} {
+		"checked": 48, "flags": 52, "path": 53, "comm": offComm, "patch": offPatch, "func": offFunc,
+		"id": offID, "version": offVersion} {
 		if off[name] != want {
 			t.Errorf("event.%s at %d, decoder reads %d", name, off[name], want)
 		}
@@ -201,6 +202,17 @@ func TestDecodeEvent(t *testing.T) {
 	b[53] = 6 // PATH_SIGNAL
 	if e, _ = decodeEvent(b); e.Path != event.PathSignal {
 		t.Errorf("path %q, want %q", e.Path, event.PathSignal)
+	}
+	b = make([]byte, eventSize)
+	b[16] = 14 // EV_KLP_STATE
+	copy(b[offPatch:], "test_klp_state")
+	b[offID] = 1     // CONSOLE_LOGLEVEL_STATE
+	b[offVersion] = 2 // CONSOLE_LOGLEVEL_STATE_VERSION of test_klp_state2
+	if e, err = decodeEvent(b); err != nil {
+		t.Fatal(err)
+	}
+	if e.Type != event.KlpState || e.Patch != "test_klp_state" || e.ID != 1 || e.Version != 2 {
+		t.Errorf("decoded %+v", e)
 	}
 	b[16] = 99
 	if _, err := decodeEvent(b); err == nil {

@@ -34,7 +34,7 @@ var probes = []probe{
 	{prog: "klp_enable_patch", symbol: "klp_enable_patch", args: true},
 	{prog: "klp_init_transition", symbol: "klp_init_transition", args: true},
 	{prog: "klp_start_transition", symbol: "klp_start_transition"},
-	{prog: "klp_complete_transition", symbol: "klp_complete_transition"},
+	{prog: "klp_complete_transition", symbol: "klp_complete_transition", ret: true},
 	{prog: "klp_reverse_transition", symbol: "klp_reverse_transition"},
 	{prog: "klp_cancel_transition", symbol: "klp_cancel_transition"},
 	{prog: "klp_force_transition", symbol: "klp_force_transition"},
@@ -47,6 +47,15 @@ var probes = []probe{
 	{prog: "klp_copy_process", symbol: "klp_copy_process", args: true},
 	// Called all over the kernel; the program returns at once outside a sweep.
 	{prog: "klp_signal", symbol: event.SignalProbe, args: true, pair: "klp_try_complete_transition", observes: event.SignalSymbol},
+	// Shadow variables: counted in the shadow_counts map, never streamed.
+	// klp_shadow_get, which real patches call on every call of a patched
+	// function, is left out.
+	{prog: "shadow_alloc", symbol: event.ShadowAlloc, args: true, pair: "shadow_alloc_ret"},
+	{prog: "shadow_alloc_ret", symbol: event.ShadowAlloc, ret: true, args: true, pair: "shadow_alloc"},
+	{prog: "shadow_get_or_alloc", symbol: event.ShadowGetOrAlloc, args: true, pair: "shadow_get_or_alloc_ret"},
+	{prog: "shadow_get_or_alloc_ret", symbol: event.ShadowGetOrAlloc, ret: true, args: true, pair: "shadow_get_or_alloc"},
+	{prog: "shadow_free", symbol: event.ShadowFree, args: true},
+	{prog: "shadow_free_all", symbol: event.ShadowFreeAll, args: true},
 	// Where function stacks change: user space re-reads them after each.
 	{prog: "funcs_changed_klp_start_transition", symbol: "klp_start_transition", ret: true},
 	{prog: "funcs_changed_klp_complete_transition", symbol: "klp_complete_transition", ret: true},

@@ -61,8 +61,10 @@ type Patch struct {
 	Name    string
 	Enabled bool
 	Replace bool
-	// Forced: a forced transition happened while this patch was loaded; the
-	// kernel then refuses to ever unload its module.
+	// Forced: as klp_force_transition marks it, the kernel will never put
+	// its module: the patch being removed by a forced unpatching, or every
+	// patch a forced atomic replace supersedes. A forced patching leaves the
+	// patch itself and the patches below it removable.
 	Forced       bool
 	InTransition bool
 }
@@ -532,14 +534,25 @@ func (s *State) taskSwitch(e event.Event) {
 }
 
 func (s *State) force(e event.Event) {
-	for _, p := range s.Patches {
-		p.Forced = true
-	}
 	tr := s.Transition
 	if tr == nil {
 		return
 	}
 	tr.Forced = true
+	var replace bool
+	for _, p := range s.Patches {
+		if p.Name == tr.Patch {
+			replace = p.Replace
+		}
+	}
+	for _, p := range s.Patches {
+		switch {
+		case tr.Target == event.StateUnpatched && p.Name == tr.Patch:
+			p.Forced = true
+		case tr.Target == event.StatePatched && replace && p.Name != tr.Patch:
+			p.Forced = true
+		}
+	}
 	for _, t := range s.Tasks {
 		if participates(t.PatchState) && t.PatchState != tr.Target {
 			t.PatchState = tr.Target

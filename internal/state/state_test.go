@@ -265,7 +265,7 @@ func TestHandMadeSequences(t *testing.T) {
 			},
 		},
 		{
-			name: "hand-made: force switches everything and marks patches forced",
+			name: "hand-made: forced patching switches everything and leaves every patch removable",
 			events: cat(idleSnapshot(), []event.Event{
 				snapPatch(1, "old", 0, true, false),
 				initTr(10*sec, "new", 1),
@@ -278,13 +278,52 @@ func TestHandMadeSequences(t *testing.T) {
 					t.Fatalf("transition %+v", tr)
 				}
 				for _, p := range s.Patches {
-					if !p.Forced {
-						t.Fatalf("patch %s not forced", p.Name)
+					if p.Forced {
+						t.Fatalf("patch %s forced: klp_force_transition marks none on a plain patching", p.Name)
 					}
 				}
 				s.Apply(ev(30*sec, event.TransitionComplete))
 				if s.Last().Outcome != OutcomeForced {
 					t.Fatalf("outcome %s", s.Last().Outcome)
+				}
+			},
+		},
+		{
+			name: "hand-made: forced unpatching marks the patch being removed",
+			events: cat(idleSnapshot(), []event.Event{
+				snapPatch(1, "below", 0, true, false),
+				snapPatch(1, "gone", 1, true, false),
+				initTr(10*sec, "gone", 0),
+				check(11*sec, 42, "kworker/0:1", event.ReasonSleeping, "f"),
+				ev(30*sec, event.TransitionForce),
+			}),
+			check: func(t *testing.T, s *State) {
+				for _, p := range s.Patches {
+					if p.Forced != (p.Name == "gone") {
+						t.Fatalf("patch %s forced=%v", p.Name, p.Forced)
+					}
+				}
+			},
+		},
+		{
+			name: "hand-made: forced atomic replace marks the patches it supersedes",
+			events: cat(idleSnapshot(), []event.Event{
+				snapPatch(1, "old", 0, true, false),
+				{Time: 10 * sec, Type: event.PatchEnable, Patch: "new", Replace: true},
+				{Time: 10 * sec, Type: event.TransitionInit, Patch: "new", Target: 1, Replace: true},
+				check(11*sec, 42, "kworker/0:1", event.ReasonSleeping, "f"),
+				ev(30*sec, event.TransitionForce),
+			}),
+			check: func(t *testing.T, s *State) {
+				seen := 0
+				for _, p := range s.Patches {
+					seen++
+					if p.Forced != (p.Name == "old") {
+						t.Fatalf("patch %s forced=%v", p.Name, p.Forced)
+					}
+				}
+				if seen != 2 {
+					t.Fatalf("patches %v", patchNames(s))
 				}
 			},
 		},

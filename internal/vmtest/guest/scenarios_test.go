@@ -14,6 +14,7 @@ import (
 
 	"github.com/klptop/klptop/internal/event"
 	"github.com/klptop/klptop/internal/report"
+	"github.com/klptop/klptop/internal/state"
 )
 
 // The scenarios: klptop records the kernel's own livepatch modules through
@@ -418,6 +419,22 @@ rmmod test_klp_callbacks_demo test_klp_callbacks_busy
 	checkAgainstKernelLog(t, rec, klog)
 	checkMilestones(t, rec, "transition_init/1", "transition_start", "transition_force", "transition_complete",
 		"transition_init/0", "transition_start", "transition_complete")
+	// The kernel let the module go (the script's rmmod), and klptop did
+	// not mark the patch unremovable: klp_force_transition marks only
+	// patches being removed or replaced.
+	if _, err := os.Stat("/sys/module/" + demoName); err == nil {
+		t.Errorf("%s still loaded after the script's rmmod", demoName)
+	}
+	st := state.New()
+	for _, e := range rec.events {
+		st.Apply(e)
+		if e.Type == event.TransitionComplete {
+			break
+		}
+	}
+	if len(st.Patches) != 1 || st.Patches[0].Name != demoName || st.Patches[0].Forced {
+		t.Errorf("patches after the forced patching: %+v, want %s, not forced", st.Patches, demoName)
+	}
 	trs := reportOf(t, rec)
 	checkOutcomes(t, trs, demoName+"/patching/forced", demoName+"/unpatching/complete")
 	if len(trs) > 0 {
