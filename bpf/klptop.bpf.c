@@ -181,7 +181,7 @@ int BPF_KPROBE(klp_enable_patch, struct klp_patch *patch)
 			return 0;
 		__builtin_memset(se->patch, 0, sizeof(se->patch));
 		BPF_CORE_READ_STR_INTO(&se->patch, patch, mod, name);
-		se->target = 1;
+		se->target = 0;
 		se->id = id;
 		se->version = BPF_CORE_READ(st, version);
 		bpf_ringbuf_submit(se, 0);

@@ -58,6 +58,25 @@ const (
 	// sleeps interruptibly), PathSignal for a user task (a fake signal,
 	// TIF_NOTIFY_SIGNAL). PatchState is the task's state then.
 	Signal Type = "signal"
+	// KlpState (1.3): one struct klp_state of Patch (patch->states, the
+	// array klp_for_each_state walks): ID and Version. Sent right after
+	// the patch's PatchEnable (klp_enable_patch), and in the snapshot
+	// after the PatchSnapshot events for the patches already loaded.
+	KlpState Type = "klp_state"
+	// Shadow (1.3): the shadow variables of one shadow ID, counted since
+	// klptop attached (cumulative): Allocs allocated, Frees freed, Live the
+	// difference, Calls the calls of each klp_shadow_* function by name.
+	// Sent when the counts changed, at most every poll interval and at the
+	// end of a recording; never one event per call.
+	Shadow Type = "shadow"
+)
+
+// The kernel functions behind Shadow's Calls.
+const (
+	ShadowAlloc      = "klp_shadow_alloc"
+	ShadowGetOrAlloc = "klp_shadow_get_or_alloc"
+	ShadowFree       = "klp_shadow_free"
+	ShadowFreeAll    = "klp_shadow_free_all"
 )
 
 // FuncVersion is one klp_func on a function's stack.
@@ -179,6 +198,16 @@ type Event struct {
 	Object   string        `json:"object,omitempty"`
 	Versions []FuncVersion `json:"versions,omitempty"`
 
+	// KlpState: klp_state.id and .version. Shadow: the shadow variable id.
+	ID      uint64 `json:"id,omitempty"`
+	Version int    `json:"version,omitempty"`
+
+	// Shadow: counts since klptop attached.
+	Allocs uint64            `json:"allocs,omitempty"`
+	Frees  uint64            `json:"frees,omitempty"`
+	Live   int64             `json:"live,omitempty"`
+	Calls  map[string]uint64 `json:"calls,omitempty"`
+
 	// Stack is the subject task's kernel stack, symbolized ("func+0x1c/0x40 [mod]"),
 	// innermost first. Sent when it changes, not on every check.
 	Stack []string `json:"stack,omitempty"`
@@ -206,7 +235,7 @@ var known = map[Type]bool{
 	TransitionComplete: true, TransitionReverse: true, TransitionCancel: true,
 	TransitionForce: true, SweepStart: true, SweepEnd: true, TaskCheck: true,
 	TaskSwitch: true, PatchSnapshot: true, TaskSnapshot: true, SnapshotEnd: true,
-	Lost: true, FuncStack: true, Signal: true,
+	Lost: true, FuncStack: true, Signal: true, KlpState: true, Shadow: true,
 }
 
 // Known reports whether t is a type this version of klptop understands.

@@ -56,6 +56,9 @@ type Info struct {
 	Kernel     string        // uname -r
 	// FuncsWhy says why function stacks cannot be read here; "" when they can.
 	FuncsWhy string
+	// StatesWhy says why the snapshot cannot read the klp_state arrays of
+	// patches already loaded; "" when it can.
+	StatesWhy string
 }
 
 // Session is the loaded and attached probes.
@@ -77,6 +80,8 @@ type Session struct {
 	funcsMu     sync.Mutex
 	funcsReadAt uint64 // CLOCK_MONOTONIC when the last read of the stacks began
 	lastFuncs   map[string]FuncStack
+
+	lastShadow map[uint64]shadowCount // shadow_counts as last reported
 }
 
 // Open checks that this machine can run klptop, then loads and attaches the
@@ -108,6 +113,7 @@ func Open(opts Options) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
+	missing = append(missing, setShadowHash(spec, "/proc/kallsyms", attach)...)
 	if err := seedTransition(spec, root); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
@@ -121,6 +127,7 @@ func Open(opts Options) (*Session, error) {
 	}
 	funcsOK, funcsWhy := setHeads(spec, "/proc/kallsyms")
 	keep[funcsProg] = funcsOK
+	keep[statesProg] = funcsOK // walks klp_patches too
 	if backend == BackendKprobeMulti {
 		for _, p := range probes {
 			if ps := spec.Programs[p.prog]; ps != nil {
@@ -129,12 +136,12 @@ func Open(opts Options) (*Session, error) {
 		}
 	}
 	_ = rlimit.RemoveMemlock() // kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK
-	coll, funcsWhy, err := loadCollection(spec, keep, funcsWhy)
+	coll, funcsWhy, statesWhy, err := loadCollection(spec, keep, funcsWhy)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
 	s := &Session{coll: coll, syms: ksym.New("/proc/kallsyms"), root: root, funcsWhy: funcsWhy}
-	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy}
+	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy}
 
 	attached, failed := s.attachAll(attach, backend)
 	s.info.Attached = attached
@@ -151,20 +158,37 @@ func Open(opts Options) (*Session, error) {
 	return s, nil
 }
 
-// loadCollection loads the programs in keep; should the funcs iterator be
-// the one the kernel rejects, it loads the rest and says why in funcsWhy.
-func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy string) (*ebpf.Collection, string, error) {
-	coll, err := newCollection(spec, keep)
-	if err == nil || !keep[funcsProg] {
-		return coll, funcsWhy, err
+// loadCollection loads the programs in keep; should the states or the funcs
+// iterator be the one the kernel rejects, it loads the rest and says why in
+// statesWhy or funcsWhy.
+func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy string) (coll *ebpf.Collection, _, statesWhy string, err error) {
+	statesWhy = funcsWhy
+	if !keep[statesProg] && statesWhy == "" {
+		statesWhy = "states iterator not loaded"
+	}
+	coll, err = newCollection(spec, keep)
+	if err == nil {
+		return coll, funcsWhy, statesWhy, nil
+	}
+	msg, _, _ := strings.Cut(err.Error(), "\n")
+	if keep[statesProg] {
+		keep[statesProg] = false
+		if coll, err2 := newCollection(spec, keep); err2 == nil {
+			return coll, funcsWhy, "states iterator rejected: " + msg, nil
+		}
+	}
+	if !keep[funcsProg] {
+		return nil, "", "", err
 	}
 	keep[funcsProg] = false
 	coll, err2 := newCollection(spec, keep)
 	if err2 != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
-	msg, _, _ := strings.Cut(err.Error(), "\n")
-	return coll, "funcs iterator rejected: " + msg, nil
+	if statesWhy == "" {
+		statesWhy = "states iterator rejected: " + msg
+	}
+	return coll, "funcs iterator rejected: " + msg, statesWhy, nil
 }
 
 // OpenIterators loads only the iterators, attaching no probe: enough for
@@ -186,12 +210,12 @@ func OpenIterators() (*Session, error) {
 	}
 	funcsOK, funcsWhy := setHeads(spec, "/proc/kallsyms")
 	_ = rlimit.RemoveMemlock()
-	coll, funcsWhy, err := loadCollection(spec, map[string]bool{iterProg: true, funcsProg: funcsOK}, funcsWhy)
+	coll, funcsWhy, statesWhy, err := loadCollection(spec, map[string]bool{iterProg: true, funcsProg: funcsOK, statesProg: funcsOK}, funcsWhy)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
 	s := &Session{coll: coll, syms: ksym.New("/proc/kallsyms"), root: root, funcsWhy: funcsWhy}
-	s.info = Info{Kernel: kernelRelease(), FuncsWhy: funcsWhy}
+	s.info = Info{Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy}
 	return s, nil
 }
 

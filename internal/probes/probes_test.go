@@ -29,6 +29,11 @@ klp_check_and_switch_task
 klp_update_patch_state.constprop.0
 klp_copy_process
 klp_find_callback
+klp_shadow_get
+klp_shadow_alloc
+klp_shadow_get_or_alloc
+klp_shadow_free
+klp_shadow_free_all
 wake_up_state
 some_module_func [some_module]
 `
@@ -52,6 +57,12 @@ func TestPlan(t *testing.T) {
 		"klp_check_and_switch_task_ret":   {"klp_check_and_switch_task"},
 		"klp_copy_process":                {"klp_copy_process"},
 		"klp_signal":                      {"wake_up_state"},
+		"shadow_alloc":                    {"klp_shadow_alloc"},
+		"shadow_alloc_ret":                {"klp_shadow_alloc"},
+		"shadow_get_or_alloc":             {"klp_shadow_get_or_alloc"},
+		"shadow_get_or_alloc_ret":         {"klp_shadow_get_or_alloc"},
+		"shadow_free":                     {"klp_shadow_free"},
+		"shadow_free_all":                 {"klp_shadow_free_all"},
 
 		"funcs_changed_klp_start_transition":    {"klp_start_transition.part.0"},
 		"funcs_changed_klp_complete_transition": {"klp_complete_transition"},
@@ -108,7 +119,7 @@ func TestPlanCoversEveryProgram(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	known := map[string]bool{iterProg: true, funcsProg: true}
+	known := map[string]bool{iterProg: true, funcsProg: true, statesProg: true}
 	for _, p := range probes {
 		known[p.prog] = true
 		if spec.Programs[p.prog] == nil {
@@ -166,6 +177,13 @@ func TestEventLayout(t *testing.T) {
 	if size != funcRecSize {
 		t.Errorf("struct func_rec is %d bytes, decoder says %d", size, funcRecSize)
 	}
+	size, off = offsets("state_rec")
+	if size != stateRecSize || off["id"] != 0 || off["version"] != 8 || off["patch"] != 16 {
+		t.Errorf("state_rec: size %d, %v", size, off)
+	}
+	if size, _ = offsets("shadow_count"); size != 48 {
+		t.Errorf("struct shadow_count is %d bytes, shadowCount has 6 u64", size)
+	}
 	if size, _ = offsets("funcs_out"); size != funcsOutSize {
 		t.Errorf("struct funcs_out is %d bytes, decoder says %d", size, funcsOutSize)
 	}
@@ -206,7 +224,7 @@ func TestDecodeEvent(t *testing.T) {
 	b = make([]byte, eventSize)
 	b[16] = 14 // EV_KLP_STATE
 	copy(b[offPatch:], "test_klp_state")
-	b[offID] = 1     // CONSOLE_LOGLEVEL_STATE
+	b[offID] = 1      // CONSOLE_LOGLEVEL_STATE
 	b[offVersion] = 2 // CONSOLE_LOGLEVEL_STATE_VERSION of test_klp_state2
 	if e, err = decodeEvent(b); err != nil {
 		t.Fatal(err)

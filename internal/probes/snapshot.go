@@ -13,7 +13,7 @@ import (
 )
 
 // Snapshot returns the state at this moment: the patches (sysfs, in
-// stacking order), every task's patch_state (BPF task iterator; with its
+// stacking order) and their klp_states, every task's patch_state (BPF task iterator; with its
 // kernel stack while a transition waits for it), then SnapshotEnd.
 func (s *Session) Snapshot() ([]event.Event, error) {
 	now := monotonicNow()
@@ -32,6 +32,11 @@ func (s *Session) Snapshot() ([]event.Event, error) {
 		if p.Transition {
 			target = p.Target()
 		}
+	}
+	// Each patch's klp_state array, after the patches: a missing read costs
+	// only the states.
+	if states, err := s.stateEvents(now); err == nil || states != nil {
+		out = append(out, states...)
 	}
 	tasks, err := snapshotTasks(s.coll.Programs[iterProg], now, target, s.syms)
 	if err != nil {

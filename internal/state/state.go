@@ -54,6 +54,8 @@ type State struct {
 	lostAtSweep  uint64
 	// Funcs are the patched functions by object and name (see FuncList).
 	Funcs map[string]*Func
+	// Shadows are the shadow variable counts by shadow id (see ShadowList).
+	Shadows map[uint64]*Shadow
 }
 
 // Patch is one livepatch on the stack.
@@ -67,6 +69,8 @@ type Patch struct {
 	// patch itself and the patches below it removable.
 	Forced       bool
 	InTransition bool
+	// States is the patch's klp_state array (patch->states), in its order.
+	States []KlpState
 }
 
 // Transition is one klp_init_transition .. klp_complete/cancel_transition.
@@ -234,6 +238,7 @@ func (s *State) Apply(e event.Event) {
 	case event.PatchEnable:
 		p := s.ensurePatch(e.Patch)
 		p.Replace = p.Replace || e.Replace
+		p.States = nil // its klp_state events follow
 	case event.TransitionInit:
 		s.transitionInit(e)
 	case event.TransitionStart:
@@ -267,6 +272,10 @@ func (s *State) Apply(e event.Event) {
 		s.Lost += e.Count
 	case event.FuncStack:
 		s.funcStack(e)
+	case event.KlpState:
+		s.klpState(e)
+	case event.Shadow:
+		s.shadow(e)
 	case event.Signal:
 		t := s.task(e)
 		t.Signals++
