@@ -70,6 +70,27 @@ type Transition struct {
 	// Stall: the transition needed more than one sweep, or never finished.
 	Stall    bool      `json:"stall"`
 	Blockers []Blocker `json:"blockers"`
+	// KlpStates is the patch's klp_state array (trace format 1.3), as its
+	// klp_enable_patch or the start-up snapshot showed it.
+	KlpStates []KlpState `json:"klp_states,omitempty"`
+}
+
+// KlpState is one struct klp_state of a patch.
+type KlpState struct {
+	ID      uint64 `json:"id"`
+	Version int    `json:"version"`
+}
+
+// Shadow is one shadow id's variables over the recording, counted from when
+// klptop attached.
+type Shadow struct {
+	ID     uint64 `json:"id"`
+	Allocs uint64 `json:"allocs"`
+	Frees  uint64 `json:"frees"`
+	// Live is Allocs - Frees: negative when variables allocated before
+	// the recording were freed.
+	Live  int64             `json:"live"`
+	Calls map[string]uint64 `json:"calls"`
 }
 
 // Blocker is a task that held up a stalled transition.
@@ -121,6 +142,11 @@ type Summary struct {
 	Truncated bool `json:"truncated"`
 	// Error is the corruption that stopped the report early, if any.
 	Error string `json:"error,omitempty"`
+	// Shadows are the shadow variables by id (trace format 1.3);
+	// ShadowsObservable: the recorder probed klp_shadow_alloc, so an empty
+	// list means no shadow variable was allocated or freed.
+	Shadows           []Shadow `json:"shadows,omitempty"`
+	ShadowsObservable bool     `json:"shadows_observable,omitempty"`
 }
 
 // Warnings are what the command should tell the user on stderr.
@@ -154,6 +180,7 @@ func Run(r io.Reader, w io.Writer, opts Options) (*Summary, error) {
 	if err != nil {
 		return sum, err
 	}
+	sum.ShadowsObservable = slices.Contains(tr.Header.Attached, event.ShadowAlloc)
 	var out sink
 	if opts.JSON {
 		out = newJSONSink(w)
@@ -177,6 +204,7 @@ func Run(r io.Reader, w io.Writer, opts Options) (*Summary, error) {
 		}
 		sum.Events++
 		b.sawEvent(e.Time)
+		b.sawStates(e)
 		if ended := k.Apply(e); ended != nil {
 			if err := out.transition(b.transition(ended, sum)); err != nil {
 				return sum, err
@@ -193,6 +221,13 @@ func Run(r io.Reader, w io.Writer, opts Options) (*Summary, error) {
 		}
 	}
 	sum.LostEvents = k.S.Lost
+	for _, sh := range k.S.ShadowList() {
+		calls := maps.Clone(sh.Calls)
+		if calls == nil {
+			calls = map[string]uint64{}
+		}
+		sum.Shadows = append(sum.Shadows, Shadow{ID: sh.ID, Allocs: sh.Allocs, Frees: sh.Frees, Live: sh.Live, Calls: calls})
+	}
 	sum.Truncated = tr.Truncated
 	if len(tr.Unknown) > 0 {
 		sum.UnknownEvents = tr.Unknown
@@ -213,6 +248,27 @@ type builder struct {
 	wall              time.Time // zero when unknown
 	base              uint64
 	haveBase          bool
+	// klpStates by patch: the last klp_enable_patch's or snapshot's.
+	klpStates map[string][]KlpState
+}
+
+// sawStates keeps each patch's klp_states: they come before its
+// transitions, and a patch that finished unpatching is gone from the state.
+func (b *builder) sawStates(e event.Event) {
+	switch e.Type {
+	case event.PatchEnable:
+		delete(b.klpStates, e.Patch)
+	case event.KlpState:
+		if e.ID == 0 {
+			return
+		}
+		if b.klpStates == nil {
+			b.klpStates = map[string][]KlpState{}
+		}
+		if len(b.klpStates) < 4096 && len(b.klpStates[e.Patch]) < 64 {
+			b.klpStates[e.Patch] = append(b.klpStates[e.Patch], KlpState{ID: e.ID, Version: e.Version})
+		}
+	}
 }
 
 func newBuilder(h trace.Header) *builder {
@@ -274,6 +330,7 @@ func (b *builder) transition(en *state.Ended, sum *Summary) *Transition {
 		Start: b.time(st.Start), Outcome: st.Outcome, Sweeps: st.Sweeps, Reverses: st.Reversed,
 		Signals: st.Signals, SignalsObservable: b.signalsObservable, StartedBeforeRecording: st.Attached,
 		Tasks: st.Total, Switched: st.Switched, Blockers: []Blocker{},
+		KlpStates: slices.Clone(b.klpStates[st.Patch]),
 	}
 	end := st.End
 	switch {

@@ -145,6 +145,13 @@ func (s *textSink) transition(t *Transition) error {
 	}
 	s.printf("    sweeps  %d   reverses %d   signals %s   tasks %d, %d switched\n",
 		t.Sweeps, t.Reverses, signals, t.Tasks, t.Switched)
+	if len(t.KlpStates) > 0 {
+		var ks []string
+		for _, k := range t.KlpStates {
+			ks = append(ks, fmt.Sprintf("id %d v%d", k.ID, k.Version))
+		}
+		s.printf("    klp_state  %s\n", strings.Join(ks, ", "))
+	}
 	if t.Stall {
 		s.blockers(t)
 	}
@@ -224,7 +231,45 @@ func (s *textSink) blockers(t *Transition) {
 	}
 }
 
+// shadows lists the shadow variables by id, when there were any.
+func (s *textSink) shadows(sum *Summary) {
+	if len(sum.Shadows) == 0 {
+		return
+	}
+	rows := [][]string{{"ID", "ALLOCS", "FREES", "LIVE", "CALLS"}}
+	for _, sh := range sum.Shadows {
+		var calls []string
+		for _, fn := range []string{event.ShadowAlloc, event.ShadowGetOrAlloc, event.ShadowFree, event.ShadowFreeAll} {
+			if n := sh.Calls[fn]; n > 0 {
+				calls = append(calls, fmt.Sprintf("%s %d", fn, n))
+			}
+		}
+		rows = append(rows, []string{fmt.Sprintf("%#x", sh.ID), fmt.Sprint(sh.Allocs), fmt.Sprint(sh.Frees),
+			fmt.Sprint(sh.Live), strings.Join(calls, ", ")})
+	}
+	width := make([]int, len(rows[0]))
+	for _, r := range rows {
+		for i, c := range r {
+			width[i] = max(width[i], utf8.RuneCountInString(c))
+		}
+	}
+	s.printf("shadow variables, counted from the start of the recording:\n")
+	for _, r := range rows {
+		line := "  "
+		for i, c := range r {
+			if i == len(r)-1 {
+				line += "  " + c
+			} else {
+				line += fmt.Sprintf("  %-*s", width[i], c)
+			}
+		}
+		s.printf("%s\n", strings.TrimRight(line, " "))
+	}
+	s.printf("\n")
+}
+
 func (s *textSink) end(sum *Summary) error {
+	s.shadows(sum)
 	var parts []string
 	for _, o := range []string{"complete", "reversed", "cancelled", "forced", OutcomeUnfinished} {
 		if n := sum.Outcomes[o]; n > 0 {

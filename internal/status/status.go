@@ -48,6 +48,15 @@ type Patch struct {
 	Enabled    bool   `json:"enabled"`
 	Transition bool   `json:"transition"`
 	Replace    bool   `json:"replace"`
+	// States is the patch's klp_state array (omitted when it has none).
+	States []KlpState `json:"states,omitempty"`
+}
+
+// KlpState is one struct klp_state: an id the patch declares it changes the
+// system for, and the version of that change.
+type KlpState struct {
+	ID      uint64 `json:"id"`
+	Version int    `json:"version"`
 }
 
 // Transition is the transition in progress.
@@ -87,7 +96,11 @@ func Build(st *state.State, kernel, funcsNote string) Status {
 	s := Status{Kernel: kernel, ReasonSource: ReasonSource, FunctionsNote: funcsNote,
 		Patches: []Patch{}, Pending: []Task{}, Functions: []Function{}}
 	for _, p := range st.Patches {
-		s.Patches = append(s.Patches, Patch{Name: p.Name, Enabled: p.Enabled, Transition: p.InTransition, Replace: p.Replace})
+		sp := Patch{Name: p.Name, Enabled: p.Enabled, Transition: p.InTransition, Replace: p.Replace}
+		for _, k := range p.States {
+			sp.States = append(sp.States, KlpState{ID: k.ID, Version: k.Version})
+		}
+		s.Patches = append(s.Patches, sp)
 	}
 	funcs := st.FuncList()
 	for _, f := range funcs {
@@ -189,6 +202,9 @@ func (s Status) Text(w io.Writer) error {
 			flags = append(flags, "in transition")
 		}
 		fmt.Fprintf(&b, "  %d  %s  %s\n", i, p.Name, strings.Join(flags, ", "))
+		if len(p.States) > 0 {
+			fmt.Fprintf(&b, "     klp_state %s\n", StatesText(p.States))
+		}
 	}
 	b.WriteString("\ntransition: ")
 	if tr := s.Transition; tr == nil {
@@ -254,4 +270,13 @@ func versionText(v event.FuncVersion) string {
 		s += "  [" + strings.Join(flags, ", ") + "]"
 	}
 	return s
+}
+
+// StatesText is a patch's klp_states as "id 1 v2, id 7 v1".
+func StatesText(states []KlpState) string {
+	var parts []string
+	for _, k := range states {
+		parts = append(parts, fmt.Sprintf("id %d v%d", k.ID, k.Version))
+	}
+	return strings.Join(parts, ", ")
 }

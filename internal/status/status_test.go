@@ -56,6 +56,14 @@ var stall = []event.Event{
 	{Time: 10, Type: event.SnapshotEnd, Target: 1},
 }
 
+// Hand-made: an atomic-replace patch with two klp_states, loaded alone.
+var states = []event.Event{
+	{Time: 10, Type: event.PatchSnapshot, Patch: "test_klp_state2", Enabled: true, Replace: true, Seq: 0},
+	{Time: 10, Type: event.KlpState, Patch: "test_klp_state2", ID: 1, Version: 2},
+	{Time: 10, Type: event.KlpState, Patch: "test_klp_state2", ID: 7, Version: 1},
+	{Time: 10, Type: event.SnapshotEnd, Target: -1},
+}
+
 func TestGolden(t *testing.T) {
 	for _, c := range []struct {
 		name, note string
@@ -65,6 +73,7 @@ func TestGolden(t *testing.T) {
 		{"stall", "", stall},
 		{"no-funcs", "no klp_ops in /proc/kallsyms (CONFIG_KALLSYMS_ALL off?)", idle[:3]},
 		{"empty", "", nil},
+		{"states", "", states},
 	} {
 		s := Build(fold(c.evs), "6.1.0-56-amd64", c.note)
 		var txt, js bytes.Buffer
