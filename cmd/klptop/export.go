@@ -5,8 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/klptop/klptop/internal/export"
 )
@@ -47,6 +49,9 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 	}
 	if st.Lost > 0 {
 		fmt.Fprintf(stderr, "klptop: %s: warning: the kernel dropped %d events while recording\n", name, st.Lost)
+	}
+	for _, t := range slices.Sorted(maps.Keys(st.Unknown)) {
+		fmt.Fprintf(stderr, "klptop: %s: warning: skipped %d events of type %q unknown to this klptop\n", name, st.Unknown[t], t)
 	}
 	// Output of a corrupt trace is still valid JSON up to the bad line:
 	// kept, but the exit status says it is partial.

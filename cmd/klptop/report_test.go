@@ -74,6 +74,29 @@ func TestRunExport(t *testing.T) {
 	if err := runExport([]string{handMade + "hand-made-corrupt.jsonl"}, &stdout, &stderr); exitCode(err) != 1 {
 		t.Errorf("corrupt trace: %v", err)
 	}
+	// A newer minor version's event types are skipped and said once.
+	src, err := os.ReadFile(handMade + "hand-made-stall.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, rest, _ := bytes.Cut(src, []byte("\n"))
+	newer := filepath.Join(t.TempDir(), "hand-made-newer.jsonl")
+	extra := `{"t":5000000001,"type":"from_the_future","cpu":0}` + "\n"
+	var nb bytes.Buffer
+	nb.Write(first)
+	nb.WriteString("\n" + extra + extra)
+	nb.Write(rest)
+	if err := os.WriteFile(newer, nb.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stderr.Reset()
+	if err := runExport([]string{newer, "-o", filepath.Join(dir, "newer.json")}, &stdout, &stderr); err != nil {
+		t.Fatalf("newer trace: %v", err)
+	}
+	if !strings.Contains(stderr.String(), `skipped 2 events of type "from_the_future"`) {
+		t.Errorf("export did not say what it skipped: %q", stderr.String())
+	}
+	os.Remove(filepath.Join(dir, "newer.json"))
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 1 {
 		t.Errorf("temporary files left behind: %v", entries)

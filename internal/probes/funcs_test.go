@@ -109,3 +109,52 @@ func TestDecodeFuncRec(t *testing.T) {
 		t.Errorf("decoded %+v", r)
 	}
 }
+
+// On a kernel without the livepatch types (this development machine's), the
+// kprobe programs that read them unguarded are refused by the verifier:
+// loadCollection drops each one and its partner, names why, and loads the
+// rest, the task iterator among them.
+func TestLoadCollectionDropsRejected(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		t.Skip("no kernel BTF")
+	}
+	if _, err := os.Stat("/sys/kernel/livepatch"); err == nil {
+		t.Skip("this kernel has livepatch")
+	}
+	spec, err := loadKlptop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := map[string]bool{iterProg: true}
+	for _, p := range probes {
+		keep[p.prog] = true
+	}
+	coll, _, _, rejected, err := loadCollection(spec, keep, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coll.Close()
+	if coll.Programs[iterProg] == nil {
+		t.Fatal("task iterator not loaded")
+	}
+	names := map[string]string{}
+	for _, r := range rejected {
+		names[r.prog] = r.why
+		if coll.Programs[r.prog] != nil || keep[r.prog] {
+			t.Errorf("%s rejected but loaded or kept", r.prog)
+		}
+	}
+	// klp_enable_patch reads patch->mod->name: no struct klp_patch here.
+	if w := names["klp_enable_patch"]; !strings.Contains(w, "rejected by the verifier") {
+		t.Errorf("klp_enable_patch: %q; rejected: %v", w, names)
+	}
+	for name := range keep {
+		if keep[name] && coll.Programs[name] == nil {
+			t.Errorf("%s kept but not loaded", name)
+		}
+	}
+	t.Logf("%d of %d probe programs rejected here", len(rejected), len(probes))
+}

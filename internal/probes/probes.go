@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -136,9 +137,13 @@ func Open(opts Options) (*Session, error) {
 		}
 	}
 	_ = rlimit.RemoveMemlock() // kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK
-	coll, funcsWhy, statesWhy, err := loadCollection(spec, keep, funcsWhy)
+	coll, funcsWhy, statesWhy, rejected, err := loadCollection(spec, keep, funcsWhy)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
+	}
+	for _, r := range rejected {
+		delete(attach, r.prog)
+		missing = append(missing, Missing{Symbol: probeName(r.symbol, r.ret), Why: r.why})
 	}
 	s := &Session{coll: coll, syms: ksym.New("/proc/kallsyms"), root: root, funcsWhy: funcsWhy}
 	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy}
@@ -158,37 +163,68 @@ func Open(opts Options) (*Session, error) {
 	return s, nil
 }
 
-// loadCollection loads the programs in keep; should the states or the funcs
-// iterator be the one the kernel rejects, it loads the rest and says why in
-// statesWhy or funcsWhy.
-func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy string) (coll *ebpf.Collection, _, statesWhy string, err error) {
+// rejectedProbe is a kprobe program the kernel's verifier refused.
+type rejectedProbe struct {
+	probe
+	why string
+}
+
+// rejectedProg finds the program cilium/ebpf names in a load error.
+var rejectedProg = regexp.MustCompile(`^program (\S+): `)
+
+// loadCollection loads the programs in keep. One program the kernel
+// refuses would fail the whole collection, so each refused one is dropped,
+// and only it: the funcs or states iterator (named in funcsWhy and
+// statesWhy), or a kprobe program and its partner (returned, for the list
+// of what is not observable). The task iterator is needed: its refusal is
+// the error.
+func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy string) (coll *ebpf.Collection, _, statesWhy string, rejected []rejectedProbe, err error) {
 	statesWhy = funcsWhy
 	if !keep[statesProg] && statesWhy == "" {
 		statesWhy = "states iterator not loaded"
 	}
-	coll, err = newCollection(spec, keep)
-	if err == nil {
-		return coll, funcsWhy, statesWhy, nil
-	}
-	msg, _, _ := strings.Cut(err.Error(), "\n")
-	if keep[statesProg] {
-		keep[statesProg] = false
-		if coll, err2 := newCollection(spec, keep); err2 == nil {
-			return coll, funcsWhy, "states iterator rejected: " + msg, nil
+	for range len(probes) + 2 {
+		coll, err = newCollection(spec, keep)
+		if err == nil {
+			return coll, funcsWhy, statesWhy, rejected, nil
+		}
+		m := rejectedProg.FindStringSubmatch(err.Error())
+		if m == nil || !keep[m[1]] {
+			return nil, "", "", nil, err
+		}
+		first, _, _ := strings.Cut(err.Error(), "\n")
+		msg := strings.TrimPrefix(first, m[0])
+		switch m[1] {
+		case iterProg:
+			return nil, "", "", nil, err
+		case funcsProg:
+			keep[funcsProg] = false
+			funcsWhy = "funcs iterator rejected: " + msg
+		case statesProg:
+			keep[statesProg] = false
+			if statesWhy == "" {
+				statesWhy = "states iterator rejected: " + msg
+			}
+		default:
+			for _, p := range probes {
+				if (p.prog == m[1] || p.pair == m[1]) && keep[p.prog] {
+					keep[p.prog] = false
+					why := "rejected by the verifier: " + msg
+					if p.prog != m[1] {
+						why = "its partner was " + why
+					}
+					rejected = append(rejected, rejectedProbe{p, why})
+					if p.symbol == "klp_try_complete_transition" {
+						// The programs must not wait for sweeps that never come.
+						if v := spec.Variables["sweep_probed"]; v != nil {
+							_ = v.Set(false)
+						}
+					}
+				}
+			}
 		}
 	}
-	if !keep[funcsProg] {
-		return nil, "", "", err
-	}
-	keep[funcsProg] = false
-	coll, err2 := newCollection(spec, keep)
-	if err2 != nil {
-		return nil, "", "", err
-	}
-	if statesWhy == "" {
-		statesWhy = "states iterator rejected: " + msg
-	}
-	return coll, "funcs iterator rejected: " + msg, statesWhy, nil
+	return nil, "", "", nil, err
 }
 
 // OpenIterators loads only the iterators, attaching no probe: enough for
@@ -210,7 +246,7 @@ func OpenIterators() (*Session, error) {
 	}
 	funcsOK, funcsWhy := setHeads(spec, "/proc/kallsyms")
 	_ = rlimit.RemoveMemlock()
-	coll, funcsWhy, statesWhy, err := loadCollection(spec, map[string]bool{iterProg: true, funcsProg: funcsOK, statesProg: funcsOK}, funcsWhy)
+	coll, funcsWhy, statesWhy, _, err := loadCollection(spec, map[string]bool{iterProg: true, funcsProg: funcsOK, statesProg: funcsOK}, funcsWhy)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
@@ -289,7 +325,8 @@ func newCollection(spec *ebpf.CollectionSpec, keep map[string]bool) (*ebpf.Colle
 	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("%+v", ve)
+			// The first line names the program; the log follows.
+			return nil, fmt.Errorf("%v\n%+v", err, ve)
 		}
 		return nil, err
 	}
