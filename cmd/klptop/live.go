@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/klptop/klptop/internal/event"
+	"github.com/klptop/klptop/internal/poll"
 	"github.com/klptop/klptop/internal/trace"
 	"github.com/klptop/klptop/internal/ui"
 )
@@ -16,7 +17,8 @@ import (
 func runLive(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("klptop", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	backend := fs.String("backend", "auto", "attach backend: auto, kprobe-multi, kprobe")
+	backend := fs.String("backend", "auto", backendHelp)
+	interval := fs.Duration("poll-interval", poll.DefaultInterval, "with the poll backend, how often to read sysfs and /proc")
 	out := fs.String("o", "", "also record everything shown to `FILE`")
 	if err := fs.Parse(args); err != nil {
 		return fail(2, "%v", err)
@@ -24,12 +26,13 @@ func runLive(args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fail(2, "unknown command %q (see 'klptop help')", fs.Arg(0))
 	}
-	sess, err := openProbes(*backend)
+	sess, err := openSource(*backend, *interval)
 	if err != nil {
 		return err
 	}
 	defer sess.Close()
 	info := sess.Info()
+	startNotes, degraded := sourceNotes(sess)
 
 	var w *trace.Writer
 	if *out != "" {
@@ -38,7 +41,7 @@ func runLive(args []string, stderr io.Writer) error {
 			return err
 		}
 		defer f.Close()
-		if w, err = trace.NewWriter(f, header(info, nil)); err != nil {
+		if w, err = trace.NewWriter(f, sourceHeader(sess, nil)); err != nil {
 			return err
 		}
 		defer w.Flush()
@@ -85,5 +88,5 @@ func runLive(args []string, stderr io.Writer) error {
 	if h, err := os.Hostname(); err == nil {
 		title += ": " + h
 	}
-	return ui.Run(ctx, events, ui.Options{Title: title + " " + header(info, nil).Kernel, Notes: notes(info)})
+	return ui.Run(ctx, events, ui.Options{Title: title + " " + header(info, nil).Kernel, Notes: startNotes, Degraded: degraded})
 }

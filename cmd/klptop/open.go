@@ -13,17 +13,8 @@ import (
 	"github.com/klptop/klptop/internal/trace"
 )
 
-// openProbes turns the reasons klptop cannot watch this kernel into one line
+// openError turns the reasons klptop cannot watch this kernel into one line
 // that says what is missing and what to do, with exit status 2.
-func openProbes(backend string) (*probes.Session, error) {
-	s, err := probes.Open(probes.Options{Backend: backend})
-	if err != nil {
-		return nil, openError(err)
-	}
-	return s, nil
-}
-
-// openError is the one-line message (exit 2) for why probes cannot open.
 func openError(err error) error {
 	switch {
 	case errors.Is(err, probes.ErrNotRoot):

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/klptop/klptop/internal/event"
+	"github.com/klptop/klptop/internal/poll"
 	"github.com/klptop/klptop/internal/trace"
 )
 
@@ -27,9 +28,10 @@ func runRecord(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("record", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	out := fs.String("o", "", "write the trace to `FILE` (required)")
-	backend := fs.String("backend", "auto", "attach backend: auto, kprobe-multi, kprobe")
+	backend := fs.String("backend", "auto", backendHelp)
+	interval := fs.Duration("poll-interval", poll.DefaultInterval, "with the poll backend, how often to read sysfs and /proc")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: klptop record -o FILE [--backend B] [-- COMMAND ARGS]")
+		fmt.Fprintln(stderr, "usage: klptop record -o FILE [--backend B] [--poll-interval D] [-- COMMAND ARGS]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -40,13 +42,16 @@ func runRecord(args []string, stderr io.Writer) error {
 	}
 	command := fs.Args()
 
-	sess, err := openProbes(*backend)
+	sess, err := openSource(*backend, *interval)
 	if err != nil {
 		return err
 	}
 	defer sess.Close()
-	info := sess.Info()
-	for _, n := range notes(info) {
+	startNotes, degraded := sourceNotes(sess)
+	if degraded != "" {
+		startNotes = append([]string{degraded}, startNotes...)
+	}
+	for _, n := range startNotes {
 		fmt.Fprintln(stderr, "klptop:", n)
 	}
 
@@ -55,7 +60,7 @@ func runRecord(args []string, stderr io.Writer) error {
 		return fmt.Errorf("record: %w", err)
 	}
 	defer f.Close()
-	w, err := trace.NewWriter(f, header(info, command))
+	w, err := trace.NewWriter(f, sourceHeader(sess, command))
 	if err != nil {
 		return fmt.Errorf("record: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/klptop/klptop/internal/ui"
 )
@@ -62,7 +63,10 @@ func runReplay(args []string, stdout, stderr io.Writer) error {
 	if h.StartWall != "" {
 		opts.Notes = append(opts.Notes, "recorded "+h.StartWall+" by klptop "+h.Klptop)
 	}
-	if len(h.Missing) > 0 {
+	opts.Degraded = replayDegraded(h)
+	if opts.Degraded != "" {
+		opts.Notes = append(opts.Notes, pollNote(time.Duration(h.PollIntervalNs)))
+	} else if len(h.Missing) > 0 {
 		var m []string
 		for _, x := range h.Missing {
 			m = append(m, x.Symbol+" ("+x.Why+")")

@@ -203,6 +203,24 @@ func PatchState(root string, pid int) (int, error) {
 	return readInt(filepath.Join(root, "proc", strconv.Itoa(pid), "patch_state"))
 }
 
+// ThreadPatchState reads /proc/<tgid>/task/<tid>/patch_state.
+func ThreadPatchState(root string, tgid, tid int) (int, error) {
+	return readInt(filepath.Join(threadDir(root, tgid, tid), "patch_state"))
+}
+
+// ThreadStack reads /proc/<tgid>/task/<tid>/stack, as Stack does.
+func ThreadStack(root string, tgid, tid int) ([]string, error) {
+	b, err := os.ReadFile(filepath.Join(threadDir(root, tgid, tid), "stack"))
+	if err != nil {
+		return nil, err
+	}
+	return parseStack(b), nil
+}
+
+func threadDir(root string, tgid, tid int) string {
+	return filepath.Join(root, "proc", strconv.Itoa(tgid), "task", strconv.Itoa(tid))
+}
+
 // Stack reads /proc/<pid>/stack (any thread id works) as "func+0x1c/0x40 [mod]"
 // lines, innermost first, without the "[<0>] " address column (it is zeroed
 // anyway unless kptr_restrict allows it).
@@ -211,6 +229,10 @@ func Stack(root string, pid int) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseStack(b), nil
+}
+
+func parseStack(b []byte) []string {
 	var out []string
 	for _, l := range strings.Split(string(b), "\n") {
 		l = strings.TrimSpace(l)
@@ -224,5 +246,5 @@ func Stack(root string, pid int) ([]string, error) {
 		}
 		out = append(out, l)
 	}
-	return out, nil
+	return out
 }

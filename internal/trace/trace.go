@@ -42,11 +42,14 @@ type Header struct {
 	// Clock of every event's "t": CLOCK_MONOTONIC ns since boot.
 	Clock string `json:"clock"`
 	// StartWall and StartMono are read together at start, to map "t" to wall time.
-	StartWall string    `json:"start_wall"`
-	StartMono uint64    `json:"start_mono_ns"`
-	Backend   string    `json:"backend,omitempty"`
-	Attached  []string  `json:"attached"`
-	Missing   []Missing `json:"missing"`
+	StartWall string `json:"start_wall"`
+	StartMono uint64 `json:"start_mono_ns"`
+	Backend   string `json:"backend,omitempty"`
+	// PollIntervalNs: with backend "poll" (no BPF), how often sysfs and
+	// /proc were read; every event is then a change seen by a poll.
+	PollIntervalNs uint64    `json:"poll_interval_ns,omitempty"`
+	Attached       []string  `json:"attached"`
+	Missing        []Missing `json:"missing"`
 	// Command run under `klptop record -- COMMAND`, if any.
 	Command []string `json:"command,omitempty"`
 }

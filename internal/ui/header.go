@@ -30,6 +30,9 @@ func renderHeader(th Theme, opts Options, s *state.State, closed bool, width int
 		title += "  " + strings.Join(status, "  ")
 	}
 	lines := []string{title}
+	if opts.Degraded != "" {
+		lines = append(lines, th.Warn.Render(opts.Degraded))
+	}
 	for _, n := range opts.Notes {
 		lines = append(lines, th.Subtle.Render(n))
 	}

@@ -30,6 +30,10 @@ type Options struct {
 	Clock Clock
 	// EndNote replaces the default note shown once the event channel closes.
 	EndNote string
+	// Degraded, when set, says the events are not the kernel's own but
+	// derived by polling (no BPF); shown under the title as a warning, and
+	// the transition view does not wait for sweeps it cannot see.
+	Degraded string
 
 	// replay: events come from a recording, never "waited for".
 	replay bool
@@ -105,7 +109,7 @@ func New(ch <-chan event.Event, opts Options) Model {
 		funcsKeys:  newFuncsKeys(),
 		helpKeys:   newHelpKeys(),
 		help:       help.New(),
-		transition: newTransitionView(th),
+		transition: newTransitionView(th, opts.Degraded != ""),
 		tasks:      newTasksView(th),
 		stack:      newStackView(),
 	}

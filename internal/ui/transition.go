@@ -13,16 +13,18 @@ import (
 // transitionView shows the transition in progress, or the last one.
 type transitionView struct {
 	bar progress.Model
+	// noSweeps: the events come from polling, which cannot see sweeps.
+	noSweeps bool
 }
 
-func newTransitionView(th Theme) transitionView {
+func newTransitionView(th Theme, noSweeps bool) transitionView {
 	bar := progress.New(
 		progress.WithoutPercentage(),
 		progress.WithFillCharacters('█', '░'),
 		progress.WithColors(th.BarFull.GetForeground()),
 	)
 	bar.EmptyColor = th.BarEmpty.GetForeground()
-	return transitionView{bar: bar}
+	return transitionView{bar: bar, noSweeps: noSweeps}
 }
 
 func (v *transitionView) setWidth(w int) {
@@ -53,6 +55,10 @@ func (v transitionView) view(th Theme, s *state.State, now uint64, width int) st
 		line := fmt.Sprintf("  none in progress; last: %s %s %s in %s, %d %s",
 			th.Emphasis.Render(last.Patch), direction(last.Target), outcome,
 			fmtDuration(last.Elapsed(now)), last.Sweeps, sweeps)
+		if v.noSweeps && last.Sweeps == 0 {
+			line = fmt.Sprintf("  none in progress; last: %s %s %s in %s (as polled)",
+				th.Emphasis.Render(last.Patch), direction(last.Target), outcome, fmtDuration(last.Elapsed(now)))
+		}
 		if last.Reversed > 0 {
 			line += fmt.Sprintf(", reversed %d×", last.Reversed)
 		}
@@ -79,6 +85,9 @@ func (v transitionView) view(th Theme, s *state.State, now uint64, width int) st
 	bar := "  " + v.bar.ViewAs(pct) + fmt.Sprintf("  %d/%d tasks switched", tr.Switched, tr.Total)
 
 	sweep := "  " + sweepLine(tr, now, width)
+	if v.noSweeps && tr.Sweeps == 0 {
+		sweep = "  " + th.Subtle.Render("sweeps not observable: polling patch_state; reasons derived from kernel stacks")
+	}
 	return strings.Join([]string{head, bar, sweep}, "\n")
 }
 
