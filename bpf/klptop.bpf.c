@@ -871,11 +871,47 @@ static __always_inline bool shadow_exists(__u64 obj, __u64 id)
 	return c.found != 0;
 }
 
-static long bucket_step(__u32 b, struct chain *all)
+/*
+ * Every variable of an id, for klp_shadow_free_all: one flat loop over the
+ * buckets and their chains. Its state lives in a map value, not on the
+ * stack: the verifier (6.12) tracks stack counters exactly through every
+ * callback round and gives up; a map value is opaque to it. Kprobe programs
+ * do not nest on a CPU, so one per-CPU slot is enough.
+ */
+struct sweep_all {
+	__u64 pos; /* hlist_node, 0: go to the next bucket */
+	__u64 id;
+	__u64 found;
+	__u32 bucket; /* the next bucket to start */
+	__u32 chain;  /* nodes walked in the current bucket */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sweep_all);
+} sweep_scratch SEC(".maps");
+
+static long all_step(__u32 i, void *unused)
 {
-	struct chain c = { .id = all->id, .pos = bucket_first(b) };
-	bpf_loop(MAX_SHADOW_CHAIN, chain_step, &c, 0);
-	all->found += c.found;
+	__u32 zero = 0;
+	struct sweep_all *w = bpf_map_lookup_elem(&sweep_scratch, &zero);
+	if (!w)
+		return 1;
+	if (!w->pos || w->chain >= MAX_SHADOW_CHAIN) {
+		if (w->bucket >= SHADOW_BUCKETS)
+			return 1;
+		w->pos = bucket_first(w->bucket);
+		w->bucket++;
+		w->chain = 0;
+		return 0;
+	}
+	struct klp_shadow *sh = (void *)w->pos - bpf_core_field_offset(struct klp_shadow, node);
+	if (BPF_CORE_READ(sh, id) == w->id)
+		w->found++;
+	w->pos = (__u64)BPF_CORE_READ(sh, node.next);
+	w->chain++;
 	return 0;
 }
 
@@ -952,13 +988,19 @@ int BPF_KPROBE(shadow_free, void *obj, unsigned long id)
 SEC("kprobe/klp_shadow_free_all")
 int BPF_KPROBE(shadow_free_all, unsigned long id)
 {
-	struct chain all = { .id = id };
-	bpf_loop(SHADOW_BUCKETS, bucket_step, &all, 0);
+	__u32 zero = 0;
+	struct sweep_all *w = bpf_map_lookup_elem(&sweep_scratch, &zero);
+	if (!w)
+		return 0;
+	__builtin_memset(w, 0, sizeof(*w));
+	w->id = id;
+	bpf_loop(1 << 20, all_step, 0, 0);
+	__u64 found = w->found;
 	struct shadow_count *c = shadow_count_of(id);
 	if (!c)
 		return 0;
 	__sync_fetch_and_add(&c->free_all_calls, 1);
-	if (all.found)
-		__sync_fetch_and_add(&c->frees, all.found);
+	if (found)
+		__sync_fetch_and_add(&c->frees, found);
 	return 0;
 }

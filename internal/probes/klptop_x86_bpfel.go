@@ -68,6 +68,15 @@ type klptopStateRec struct {
 	Patch   [56]int8
 }
 
+type klptopSweepAll struct {
+	_      structs.HostLayout
+	Pos    uint64
+	Id     uint64
+	Found  uint64
+	Bucket uint32
+	Chain  uint32
+}
+
 type klptopTaskOut struct {
 	_   structs.HostLayout
 	Rec struct {
@@ -94,6 +103,7 @@ const (
 	klptopMapShadowCounts                       = "shadow_counts"
 	klptopMapShadowStash                        = "shadow_stash"
 	klptopMapStateRecs                          = "state_recs"
+	klptopMapSweepScratch                       = "sweep_scratch"
 	klptopMapUpdateStash                        = "update_stash"
 	klptopProgFuncsChangedKlpCancelTransition   = "funcs_changed_klp_cancel_transition"
 	klptopProgFuncsChangedKlpCompleteTransition = "funcs_changed_klp_complete_transition"
@@ -238,6 +248,7 @@ type klptopMapSpecs struct {
 	ShadowCounts *ebpf.MapSpec `ebpf:"shadow_counts"`
 	ShadowStash  *ebpf.MapSpec `ebpf:"shadow_stash"`
 	StateRecs    *ebpf.MapSpec `ebpf:"state_recs"`
+	SweepScratch *ebpf.MapSpec `ebpf:"sweep_scratch"`
 	UpdateStash  *ebpf.MapSpec `ebpf:"update_stash"`
 }
 
@@ -294,6 +305,7 @@ type klptopMaps struct {
 	ShadowCounts *ebpf.Map `ebpf:"shadow_counts"`
 	ShadowStash  *ebpf.Map `ebpf:"shadow_stash"`
 	StateRecs    *ebpf.Map `ebpf:"state_recs"`
+	SweepScratch *ebpf.Map `ebpf:"sweep_scratch"`
 	UpdateStash  *ebpf.Map `ebpf:"update_stash"`
 }
 
@@ -308,6 +320,7 @@ func (m *klptopMaps) Close() error {
 		m.ShadowCounts,
 		m.ShadowStash,
 		m.StateRecs,
+		m.SweepScratch,
 		m.UpdateStash,
 	)
 }
