@@ -75,8 +75,10 @@ type Poller struct {
 	patches map[string]sysfs.Patch
 	// enabledOnce: the patch was seen enabled (or disabling) at least once.
 	enabledOnce map[string]bool
-	tr          *transition
-	tasks       map[int]*task
+	// logged: completions the kernel log reported, "patch/direction".
+	logged map[string]bool
+	tr     *transition
+	tasks  map[int]*task
 	// Log, if set, returns the kernel log messages since its previous call
 	// (OpenKmsg); without it a flip of "enabled" mid-transition is taken
 	// for a reverse.
@@ -112,7 +114,7 @@ type task struct {
 
 // New returns a poller of the tree at root ("/" on a live system).
 func New(root string) *Poller {
-	return &Poller{root: root, Now: MonotonicNow, patches: map[string]sysfs.Patch{}, enabledOnce: map[string]bool{}, tasks: map[int]*task{}}
+	return &Poller{root: root, Now: MonotonicNow, patches: map[string]sysfs.Patch{}, enabledOnce: map[string]bool{}, logged: map[string]bool{}, tasks: map[int]*task{}}
 }
 
 // MonotonicNow is CLOCK_MONOTONIC in ns, the clock of every event.
@@ -183,10 +185,14 @@ func (p *Poller) Poll() ([]event.Event, error) {
 		out = append(out, e)
 	}
 	// After sysfs: the kernel logs a completion before "transition" drops.
-	var logged map[string]bool
 	if p.Log != nil {
-		logged = completions(p.Log())
+		// Kept until the transition they end is seen to end: a line read
+		// just after the previous poll's sysfs read belongs to this poll.
+		for k := range completions(p.Log()) {
+			p.logged[k] = true
+		}
 	}
+	logged := p.logged
 	patched := ""
 	cur := make(map[string]sysfs.Patch, len(ps))
 	for _, pt := range ps {
@@ -264,9 +270,15 @@ func (p *Poller) Poll() ([]event.Event, error) {
 		delete(p.patches, name)
 		delete(p.enabledOnce, name)
 		if p.tr != nil && p.tr.patch == name {
-			if p.tr.target == event.StateUnpatched {
+			switch {
+			case p.tr.target == event.StateUnpatched:
 				p.complete(ev)
-			} else {
+			case logged[name+"/patching"]:
+				// Patched, disabled, unpatched and freed between two polls.
+				p.complete(ev)
+				p.begin(ev, name, event.StateUnpatched, false)
+				p.complete(ev)
+			default:
 				// Enabling failed before the transition could finish.
 				ev(event.Event{Type: event.TransitionCancel, Patch: name, Target: p.tr.target})
 				p.endTransition()
@@ -278,6 +290,10 @@ func (p *Poller) Poll() ([]event.Event, error) {
 			p.begin(ev, name, event.StateUnpatched, false)
 			p.complete(ev)
 		}
+	}
+	for _, name := range gone {
+		delete(p.logged, name+"/patching")
+		delete(p.logged, name+"/unpatching")
 	}
 	if p.tr != nil {
 		p.scan(ev, ps)
@@ -333,6 +349,7 @@ func (p *Poller) complete(ev func(event.Event)) {
 			PatchState: tr.target, Path: PathPoll, Target: tr.target})
 	}
 	ev(event.Event{Type: event.TransitionComplete, Patch: tr.patch, Target: tr.target})
+	delete(p.logged, tr.patch+"/"+dirName(tr.target))
 	p.endTransition()
 }
 
@@ -481,9 +498,10 @@ func funcNames(pt sysfs.Patch) map[string]bool {
 
 // reason derives why a pending thread has not switched: a frame in a
 // function the transition must replace (innermost first, as the kernel
-// walks), else running, else nothing on its stack holds it.
+// walks), else running (state R, or a stack that reads empty), else
+// nothing on its stack holds it.
 func (p *Poller) reason(th thread, b blockers) (reason, fn string, stack []string) {
-	stack, _ = sysfs.ThreadStack(p.root, th.tgid, th.tid)
+	stack, err := sysfs.ThreadStack(p.root, th.tgid, th.tid)
 	for _, fr := range stack {
 		name, mod := frame(fr)
 		base, _, _ := strings.Cut(name, ".")
@@ -491,7 +509,9 @@ func (p *Poller) reason(th thread, b blockers) (reason, fn string, stack []strin
 			return event.ReasonSleeping, name, stack
 		}
 	}
-	if p.running(th) {
+	// The kernel does not unwind a running task: its stack reads empty
+	// (and it may be asleep again by the time stat is read).
+	if (err == nil && len(stack) == 0) || p.running(th) {
 		return event.ReasonRunning, "", stack
 	}
 	return ReasonNoFrame, "", stack

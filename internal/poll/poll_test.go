@@ -339,7 +339,7 @@ func TestPartialScans(t *testing.T) {
 	expect(t, "partial", mustPoll(t, p), "task_check 22 no_patched_func_on_stack", "task_switch 100->-1 exit")
 	expect(t, "partial", mustPoll(t, p), "task_check 22 no_patched_func_on_stack")
 	expect(t, "full", mustPoll(t, p), "task_check 22 no_patched_func_on_stack", "task_switch 300->0 poll",
-		"task_check 300 no_patched_func_on_stack")
+		"task_check 300 running") // its stack reads empty
 }
 
 // TestCompleteThenDisable: the patching transition completes and the patch
@@ -392,4 +392,32 @@ func TestEnabling(t *testing.T) {
 		"task_check 100 no_patched_func_on_stack", "task_check 101 running")
 	h.patch("p", false, true)
 	expect(t, "reversed", mustPoll(t, p), "transition_reverse p/0")
+}
+
+// TestWholeLifeBetweenPolls: a patching transition seen running, then the
+// patch gone: patched, disabled and freed between two polls (7.x unpatches
+// in well under a poll) when the log says patching completed, else a
+// cancelled enable. The completion may have been read by the poll before.
+func TestWholeLifeBetweenPolls(t *testing.T) {
+	for _, logged := range []bool{false, true} {
+		h := newHandMade(t)
+		p := h.poller()
+		var log []string
+		p.Log = func() []string { l := log; log = nil; return l }
+		if _, err := p.Snapshot(); err != nil {
+			t.Fatal(err)
+		}
+		h.patch("p", true, true, "vmlinux:f")
+		if logged {
+			log = []string{"livepatch: 'p': patching complete"}
+		}
+		mustPoll(t, p)
+		h.unpatch("p")
+		if logged {
+			expect(t, "logged", mustPoll(t, p), "transition_complete p", "transition_init p/0", "transition_start",
+				"transition_complete p")
+		} else {
+			expect(t, "not logged", mustPoll(t, p), "transition_cancel p")
+		}
+	}
 }

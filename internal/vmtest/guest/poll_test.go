@@ -173,7 +173,7 @@ func TestPollStall(t *testing.T) {
 				sleeping++
 			case e.Reason == event.ReasonRunning:
 			default:
-				t.Errorf("poll of pid %d while stuck: reason %q func %q, want %q %q (or running)", kw, e.Reason, e.Func, event.ReasonSleeping, busyFunc)
+				t.Errorf("poll of pid %d while stuck: reason %q func %q stack %q, want %q %q (or running)", kw, e.Reason, e.Func, e.Stack, event.ReasonSleeping, busyFunc)
 			}
 			if e.Ret != 0 {
 				t.Errorf("poll of pid %d has ret %d: the kernel's return is not observable", kw, e.Ret)
