@@ -23,12 +23,13 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 	fs.Usage = func() { fmt.Fprintln(stderr, exportUsage); fs.PrintDefaults() }
 	format := fs.String("format", "perfetto", "output format: perfetto (Chrome trace-event JSON)")
 	out := fs.String("o", "-", "output file")
+	quiet(fs, args)
 	files, err := parseFlagsAnyOrder(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
 	}
 	if err != nil || len(files) != 1 {
-		return fail(2, exportUsage)
+		return usageError(err, exportUsage)
 	}
 	if *format != "perfetto" {
 		return fail(2, "export: unknown format %q (known: perfetto)", *format)

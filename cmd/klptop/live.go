@@ -20,6 +20,7 @@ func runLive(args []string, stderr io.Writer) error {
 	backend := fs.String("backend", "auto", backendHelp)
 	interval := fs.Duration("poll-interval", poll.DefaultInterval, "with the poll backend, how often to read sysfs and /proc")
 	out := fs.String("o", "", "also record everything shown to `FILE`")
+	quiet(fs, args)
 	if err := fs.Parse(args); err != nil {
 		return fail(2, "%v", err)
 	}
@@ -83,6 +84,9 @@ func runLive(args []string, stderr io.Writer) error {
 				}
 			}
 		}()
+	}
+	if err := needTerminal(); err != nil {
+		return fail(2, "the live view needs a terminal (%v); 'klptop record -o FILE' records without one", err)
 	}
 	title := "live"
 	if h, err := os.Hostname(); err == nil {

@@ -4,9 +4,11 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -87,4 +89,45 @@ func run(args []string, stdout, stderr io.Writer) int {
 func oneLine(s string) string {
 	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
 	return s
+}
+
+// quiet makes a bad flag cost one line: the flag package prints the error
+// and the whole usage to the flag set's output on any parse error; here
+// only -h prints the usage, and the error goes back to the caller.
+func quiet(fs *flag.FlagSet, args []string) {
+	out := fs.Output()
+	usage := fs.Usage
+	if usage == nil {
+		usage = func() { fmt.Fprintf(out, "Usage of %s:\n", fs.Name()); fs.PrintDefaults() }
+	}
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {
+		if !slices.ContainsFunc(args, func(a string) bool {
+			return a == "-h" || a == "--h" || a == "-help" || a == "--help"
+		}) {
+			return
+		}
+		fs.SetOutput(out)
+		usage()
+		fs.SetOutput(io.Discard)
+	}
+}
+
+// usageError is a command line klptop cannot take: what was wrong, if the
+// flag package said, and the usage line.
+func usageError(err error, usage string) error {
+	if err != nil {
+		return fail(2, "%v; %s", err, usage)
+	}
+	return fail(2, "%s", usage)
+}
+
+// needTerminal fails as the TUI would, before it starts: bubbletea reads
+// keys from /dev/tty when stdin is not a terminal.
+func needTerminal() error {
+	f, err := os.Open("/dev/tty")
+	if err != nil {
+		return errors.Unwrap(err)
+	}
+	return f.Close()
 }

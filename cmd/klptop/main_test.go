@@ -72,3 +72,22 @@ func TestNoLivepatchHere(t *testing.T) {
 		t.Errorf("record clobbered an existing file: %q", b)
 	}
 }
+
+// A wrong flag is one line on stderr and exit status 2, for every command.
+func TestBadFlagOneLine(t *testing.T) {
+	for _, args := range [][]string{
+		{"--bogus"}, {"record", "--bogus"}, {"status", "--bogus"},
+		{"replay", "--bogus", "x"}, {"report", "--bogus", "x"}, {"export", "--bogus", "x"},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(args, &stdout, &stderr)
+		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+		if code != 2 || len(lines) != 1 || !strings.Contains(lines[0], "-bogus") {
+			t.Errorf("klptop %v: exit %d, stderr %q", args, code, stderr.String())
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"report", "-h"}, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "-json") {
+		t.Errorf("report -h: exit %d, stderr %q", code, stderr.String())
+	}
+}

@@ -34,6 +34,7 @@ func runRecord(args []string, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "usage: klptop record -o FILE [--backend B] [--poll-interval D] [-- COMMAND ARGS]")
 		fs.PrintDefaults()
 	}
+	quiet(fs, args)
 	if err := fs.Parse(args); err != nil {
 		return fail(2, "record: %v", err)
 	}

@@ -31,12 +31,13 @@ func runReplay(args []string, stdout, stderr io.Writer) error {
 	}
 	speedFlag := fs.String("speed", "1", "playback speed: 1 (as recorded), 10, or max (as fast as it reads)")
 	paused := fs.Bool("paused", false, "start paused at the beginning; step with n")
+	quiet(fs, args)
 	files, err := parseFlagsAnyOrder(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
 	}
 	if err != nil || len(files) != 1 {
-		return fail(2, replayUsage)
+		return usageError(err, replayUsage)
 	}
 	speed, err := ui.ParseSpeed(*speedFlag)
 	if err != nil {
@@ -74,6 +75,9 @@ func runReplay(args []string, stdout, stderr io.Writer) error {
 		opts.Notes = append(opts.Notes, "not observable in this recording: "+strings.Join(m, ", "))
 	}
 
+	if err := needTerminal(); err != nil {
+		return fail(2, "replay needs a terminal (%v); 'klptop report %s' summarizes a recording without one", err, path)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	if err := ui.RunReplay(ctx, r, opts, stdout); err != nil {

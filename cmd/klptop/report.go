@@ -21,12 +21,13 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	var opts report.Options
 	fs.BoolVar(&opts.JSON, "json", false, "write JSON instead of text")
 	fs.IntVar(&opts.MaxBlockers, "max-blockers", 10, "blocking tasks listed per stall in text (JSON lists all)")
+	quiet(fs, args)
 	files, err := parseFlagsAnyOrder(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
 	}
 	if err != nil || len(files) != 1 {
-		return fail(2, reportUsage)
+		return usageError(err, reportUsage)
 	}
 	in, name, closeIn, err := openTraceArg(files[0])
 	if err != nil {

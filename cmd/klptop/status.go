@@ -21,6 +21,7 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "usage: klptop status [--json]")
 		fs.PrintDefaults()
 	}
+	quiet(fs, args)
 	if err := fs.Parse(args); err != nil {
 		return fail(2, "status: %v", err)
 	}
