@@ -10,6 +10,8 @@ import (
 	"os"
 	"slices"
 	"strings"
+
+	"github.com/charmbracelet/x/term"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -123,8 +125,12 @@ func usageError(err error, usage string) error {
 }
 
 // needTerminal fails as the TUI would, before it starts: bubbletea reads
-// keys from /dev/tty when stdin is not a terminal.
+// keys from stdin when it is a terminal (a serial console without a
+// controlling terminal, say), else from /dev/tty.
 func needTerminal() error {
+	if term.IsTerminal(os.Stdin.Fd()) {
+		return nil
+	}
 	f, err := os.Open("/dev/tty")
 	if err != nil {
 		return errors.Unwrap(err)
