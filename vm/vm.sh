@@ -492,7 +492,12 @@ boot_interactive() {
 main() {
 	mkdir -p "$CACHE"
 	kernel_setup
+	# Guests of different kernels may be prepared at once (make vmtest): one
+	# apt-get at a time.
+	exec 7> "$CACHE/apt.lock"
+	flock 7
 	step "packages" packages
+	flock -u 7
 	KDIR=$CACHE/kernel/$KVER
 	RUN=$CACHE/run/$KVER/${RUN_NAME:-$MODE}
 	OUT=${OUT:-$CACHE/out/$KVER/$MODE}
