@@ -350,6 +350,12 @@ func (b *builder) transition(en *state.Ended, sum *Summary) *Transition {
 		t.DurationNs = uint64(st.Elapsed(end))
 	}
 	t.Stall = st.Sweeps > 1 || t.Outcome == OutcomeUnfinished
+	if b.info.Backend == "poll" {
+		// No sweeps seen: a task still pending at two polls held it up.
+		for _, bl := range en.Blockers {
+			t.Stall = t.Stall || bl.Checks > 1
+		}
+	}
 	if t.Stall {
 		for _, bl := range en.Blockers {
 			r := Blocker{PID: bl.PID, TGID: bl.TGID, Comm: bl.Comm, Reason: bl.Reason, Func: bl.Func,
