@@ -38,6 +38,8 @@ enum klptop_path {
 	PATH_SCHED,
 	PATH_WAKE,   /* signal: a kthread woken (wake_up_state) */
 	PATH_SIGNAL, /* signal: a user task sent a fake signal (TIF_NOTIFY_SIGNAL) */
+	PATH_SCHED_TRY_SWITCH, /* switched itself in __klp_sched_try_switch() from cond_resched() (6.4-6.15) */
+	PATH_SCHEDULE,         /* switched itself from __schedule() (6.16+, via __klp_sched_try_switch() when not inlined) */
 };
 
 /* flags */

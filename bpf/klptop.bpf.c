@@ -96,6 +96,20 @@ __u64 transition_gen;
 /* Set by user space when klp_try_complete_transition is probed: only then is sweep_task known. */
 volatile const bool sweep_probed = false;
 
+/*
+ * Set by user space on 6.16+, where klp_sched_try_switch() is called from
+ * __schedule() (on TASK_FREEZABLE sleeps) instead of from cond_resched().
+ */
+volatile const bool sched_in_schedule = false;
+
+/* Tasks inside __klp_sched_try_switch(): entry sets, return clears. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); /* current task_struct */
+	__type(value, __u8);
+} in_sched_try SEC(".maps");
+
 /* The sweep in progress (klp_try_complete_transition runs under klp_mutex). */
 __u64 sweep_task; /* task_struct running it */
 __u64 sweep_start_ns;
@@ -306,7 +320,11 @@ int BPF_KRETPROBE(klp_check_and_switch_task_ret, long rc)
 			return 0;
 		fill_task(e, task);
 		e->patch_state = task_patch_state(task);
-		e->path = PATH_SCHED;
+		__u64 cur = bpf_get_current_task();
+		if (bpf_map_lookup_elem(&in_sched_try, &cur))
+			e->path = sched_in_schedule ? PATH_SCHEDULE : PATH_SCHED_TRY_SWITCH;
+		else
+			e->path = sched_in_schedule ? PATH_SCHEDULE : PATH_SCHED;
 		bpf_ringbuf_submit(e, 0);
 		return 0;
 	}
@@ -346,6 +364,29 @@ int BPF_KRETPROBE(klp_check_and_switch_task_ret, long rc)
 		}
 	}
 	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/*
+ * __klp_sched_try_switch(): a task checking itself from cond_resched()
+ * (6.4-6.15) or __schedule() (6.16+). Only while its patch is pending does
+ * it call klp_try_switch_task(current); the mark tells that check from a
+ * sweep's.
+ */
+SEC("kprobe/__klp_sched_try_switch")
+int BPF_KPROBE(klp_sched_try_switch)
+{
+	__u64 cur = bpf_get_current_task();
+	__u8 one = 1;
+	bpf_map_update_elem(&in_sched_try, &cur, &one, BPF_ANY);
+	return 0;
+}
+
+SEC("kretprobe/__klp_sched_try_switch")
+int BPF_KRETPROBE(klp_sched_try_switch_ret)
+{
+	__u64 cur = bpf_get_current_task();
+	bpf_map_delete_elem(&in_sched_try, &cur);
 	return 0;
 }
 

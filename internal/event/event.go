@@ -105,8 +105,20 @@ const (
 	PathFork  = "fork"  // klp_copy_process(): a new task inherits its parent's state
 	PathSweep = "sweep" // klp_check_and_switch_task() from a sweep
 	PathForce = "force" // klp_force_transition()
-	PathSched = "sched" // __klp_sched_try_switch() / __schedule()
+	// PathSched: a task checked itself outside a sweep, by a scheduler
+	// path klptop could not tell apart (__klp_sched_try_switch() not
+	// traceable, or traces before format 1.4).
+	PathSched = "sched"
+	// PathSchedTrySwitch: in __klp_sched_try_switch(), called from
+	// cond_resched() (6.4 to 6.15) while the task's patch is pending.
+	PathSchedTrySwitch = "klp_sched_try_switch"
+	// PathSchedule: from __schedule() (6.16+: klp_sched_try_switch() is
+	// inlined there and runs on TASK_FREEZABLE sleeps).
+	PathSchedule = "__schedule"
 )
+
+// SchedTrySwitchProbe is the out-of-line function both scheduler paths call.
+const SchedTrySwitchProbe = "__klp_sched_try_switch"
 
 // SignalSymbol is the kernel function that sends the signals. It is
 // inlined, so klptop probes SignalProbe, which it calls, instead; a trace

@@ -43,7 +43,8 @@ var eventTypes = [...]event.Type{
 }
 
 // enum klptop_path
-var paths = [...]string{0: "", 1: event.PathUser, 2: event.PathIdle, 3: event.PathFork, 4: event.PathSched, 5: event.PathWake, 6: event.PathSignal}
+var paths = [...]string{0: "", 1: event.PathUser, 2: event.PathIdle, 3: event.PathFork, 4: event.PathSched, 5: event.PathWake, 6: event.PathSignal,
+	7: event.PathSchedTrySwitch, 8: event.PathSchedule}
 
 const (
 	flagReplace   = 0x1

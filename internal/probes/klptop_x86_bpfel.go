@@ -97,6 +97,7 @@ const (
 	klptopMapCheckStash                         = "check_stash"
 	klptopMapEvents                             = "events"
 	klptopMapFuncRecs                           = "func_recs"
+	klptopMapInSchedTry                         = "in_sched_try"
 	klptopMapIterScratch                        = "iter_scratch"
 	klptopMapLastChecks                         = "last_checks"
 	klptopMapLost                               = "lost"
@@ -123,6 +124,8 @@ const (
 	klptopProgKlpForceTransition                = "klp_force_transition"
 	klptopProgKlpInitTransition                 = "klp_init_transition"
 	klptopProgKlpReverseTransition              = "klp_reverse_transition"
+	klptopProgKlpSchedTrySwitch                 = "klp_sched_try_switch"
+	klptopProgKlpSchedTrySwitchRet              = "klp_sched_try_switch_ret"
 	klptopProgKlpSignal                         = "klp_signal"
 	klptopProgKlpStartTransition                = "klp_start_transition"
 	klptopProgKlpTryCompleteTransition          = "klp_try_complete_transition"
@@ -144,6 +147,7 @@ const (
 	klptopVarKlpOpsAddr                         = "klp_ops_addr"
 	klptopVarKlpPatchesAddr                     = "klp_patches_addr"
 	klptopVarKlpShadowHashAddr                  = "klp_shadow_hash_addr"
+	klptopVarSchedInSchedule                    = "sched_in_schedule"
 	klptopVarSweepChecked                       = "sweep_checked"
 	klptopVarSweepPending                       = "sweep_pending"
 	klptopVarSweepProbed                        = "sweep_probed"
@@ -218,6 +222,8 @@ type klptopProgramSpecs struct {
 	KlpForceTransition                *ebpf.ProgramSpec `ebpf:"klp_force_transition"`
 	KlpInitTransition                 *ebpf.ProgramSpec `ebpf:"klp_init_transition"`
 	KlpReverseTransition              *ebpf.ProgramSpec `ebpf:"klp_reverse_transition"`
+	KlpSchedTrySwitch                 *ebpf.ProgramSpec `ebpf:"klp_sched_try_switch"`
+	KlpSchedTrySwitchRet              *ebpf.ProgramSpec `ebpf:"klp_sched_try_switch_ret"`
 	KlpSignal                         *ebpf.ProgramSpec `ebpf:"klp_signal"`
 	KlpStartTransition                *ebpf.ProgramSpec `ebpf:"klp_start_transition"`
 	KlpTryCompleteTransition          *ebpf.ProgramSpec `ebpf:"klp_try_complete_transition"`
@@ -242,6 +248,7 @@ type klptopMapSpecs struct {
 	CheckStash   *ebpf.MapSpec `ebpf:"check_stash"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	FuncRecs     *ebpf.MapSpec `ebpf:"func_recs"`
+	InSchedTry   *ebpf.MapSpec `ebpf:"in_sched_try"`
 	IterScratch  *ebpf.MapSpec `ebpf:"iter_scratch"`
 	LastChecks   *ebpf.MapSpec `ebpf:"last_checks"`
 	Lost         *ebpf.MapSpec `ebpf:"lost"`
@@ -262,6 +269,7 @@ type klptopVariableSpecs struct {
 	KlpOpsAddr        *ebpf.VariableSpec `ebpf:"klp_ops_addr"`
 	KlpPatchesAddr    *ebpf.VariableSpec `ebpf:"klp_patches_addr"`
 	KlpShadowHashAddr *ebpf.VariableSpec `ebpf:"klp_shadow_hash_addr"`
+	SchedInSchedule   *ebpf.VariableSpec `ebpf:"sched_in_schedule"`
 	SweepChecked      *ebpf.VariableSpec `ebpf:"sweep_checked"`
 	SweepPending      *ebpf.VariableSpec `ebpf:"sweep_pending"`
 	SweepProbed       *ebpf.VariableSpec `ebpf:"sweep_probed"`
@@ -299,6 +307,7 @@ type klptopMaps struct {
 	CheckStash   *ebpf.Map `ebpf:"check_stash"`
 	Events       *ebpf.Map `ebpf:"events"`
 	FuncRecs     *ebpf.Map `ebpf:"func_recs"`
+	InSchedTry   *ebpf.Map `ebpf:"in_sched_try"`
 	IterScratch  *ebpf.Map `ebpf:"iter_scratch"`
 	LastChecks   *ebpf.Map `ebpf:"last_checks"`
 	Lost         *ebpf.Map `ebpf:"lost"`
@@ -314,6 +323,7 @@ func (m *klptopMaps) Close() error {
 		m.CheckStash,
 		m.Events,
 		m.FuncRecs,
+		m.InSchedTry,
 		m.IterScratch,
 		m.LastChecks,
 		m.Lost,
@@ -335,6 +345,7 @@ type klptopVariables struct {
 	KlpOpsAddr        *ebpf.Variable `ebpf:"klp_ops_addr"`
 	KlpPatchesAddr    *ebpf.Variable `ebpf:"klp_patches_addr"`
 	KlpShadowHashAddr *ebpf.Variable `ebpf:"klp_shadow_hash_addr"`
+	SchedInSchedule   *ebpf.Variable `ebpf:"sched_in_schedule"`
 	SweepChecked      *ebpf.Variable `ebpf:"sweep_checked"`
 	SweepPending      *ebpf.Variable `ebpf:"sweep_pending"`
 	SweepProbed       *ebpf.Variable `ebpf:"sweep_probed"`
@@ -371,6 +382,8 @@ type klptopPrograms struct {
 	KlpForceTransition                *ebpf.Program `ebpf:"klp_force_transition"`
 	KlpInitTransition                 *ebpf.Program `ebpf:"klp_init_transition"`
 	KlpReverseTransition              *ebpf.Program `ebpf:"klp_reverse_transition"`
+	KlpSchedTrySwitch                 *ebpf.Program `ebpf:"klp_sched_try_switch"`
+	KlpSchedTrySwitchRet              *ebpf.Program `ebpf:"klp_sched_try_switch_ret"`
 	KlpSignal                         *ebpf.Program `ebpf:"klp_signal"`
 	KlpStartTransition                *ebpf.Program `ebpf:"klp_start_transition"`
 	KlpTryCompleteTransition          *ebpf.Program `ebpf:"klp_try_complete_transition"`
@@ -408,6 +421,8 @@ func (p *klptopPrograms) Close() error {
 		p.KlpForceTransition,
 		p.KlpInitTransition,
 		p.KlpReverseTransition,
+		p.KlpSchedTrySwitch,
+		p.KlpSchedTrySwitchRet,
 		p.KlpSignal,
 		p.KlpStartTransition,
 		p.KlpTryCompleteTransition,

@@ -122,6 +122,9 @@ func Open(opts Options) (*Session, error) {
 	if err := spec.Variables["sweep_probed"].Set(sweep); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
+	if err := spec.Variables["sched_in_schedule"].Set(schedInSchedule(kernelRelease())); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
+	}
 	keep := map[string]bool{iterProg: true}
 	for prog := range attach {
 		keep[prog] = true
@@ -443,4 +446,16 @@ func monotonicNow() uint64 {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return uint64(ts.Nano())
+}
+
+// schedInSchedule: from 6.16 on, klp_sched_try_switch() runs in
+// __schedule() (on TASK_FREEZABLE sleeps) instead of cond_resched()
+// (the kernel's "sched,livepatch: Untangle cond_resched() and
+// live-patching").
+func schedInSchedule(release string) bool {
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		return false
+	}
+	return major > 6 || major == 6 && minor >= 16
 }

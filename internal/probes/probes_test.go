@@ -76,6 +76,8 @@ func TestPlan(t *testing.T) {
 		{"klp_force_transition", whyAbsent},
 		{"klp_update_patch_state", "only compiler clones traceable (klp_update_patch_state.constprop.0): their arguments may differ"},
 		{"klp_update_patch_state%return", "only compiler clones traceable (klp_update_patch_state.constprop.0): their arguments may differ"},
+		{"__klp_sched_try_switch", whyAbsent},
+		{"__klp_sched_try_switch%return", whyAbsent},
 		{"klp_patch_object%return", whyAbsent},
 		{"klp_unpatch_objects%return", whyAbsent},
 		{"klp_discard_nops%return", whyAbsent},
@@ -290,5 +292,13 @@ func TestTaskIterator(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("own pid %d not among %d tasks", os.Getpid(), len(evs))
+	}
+}
+
+func TestSchedInSchedule(t *testing.T) {
+	for rel, want := range map[string]bool{"6.1.0-57-amd64": false, "6.12.95+deb12-amd64": false, "6.15.9": false, "6.16.0-rc1": true, "7.2.13+deb14-amd64": true, "": false} {
+		if got := schedInSchedule(rel); got != want {
+			t.Errorf("schedInSchedule(%q) = %v, want %v", rel, got, want)
+		}
 	}
 }

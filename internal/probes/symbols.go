@@ -45,6 +45,9 @@ var probes = []probe{
 	{prog: "klp_update_patch_state", symbol: "klp_update_patch_state", args: true, pair: "klp_update_patch_state_ret"},
 	{prog: "klp_update_patch_state_ret", symbol: "klp_update_patch_state", ret: true, args: true, pair: "klp_update_patch_state"},
 	{prog: "klp_copy_process", symbol: "klp_copy_process", args: true},
+	// 6.4+: marks the checks a task makes of itself from the scheduler.
+	{prog: "klp_sched_try_switch", symbol: event.SchedTrySwitchProbe, pair: "klp_sched_try_switch_ret"},
+	{prog: "klp_sched_try_switch_ret", symbol: event.SchedTrySwitchProbe, ret: true, pair: "klp_sched_try_switch"},
 	// Called all over the kernel; the program returns at once outside a sweep.
 	{prog: "klp_signal", symbol: event.SignalProbe, args: true, pair: "klp_try_complete_transition", observes: event.SignalSymbol},
 	// Shadow variables: counted in the shadow_counts map, never streamed.
