@@ -10,7 +10,7 @@ LDFLAGS       := -X main.version=$(VERSION)
 # Host packages the build and the tests need; the VM harness adds its own.
 HOST_PKGS     := clang llvm libbpf-dev tmux
 
-.PHONY: all build generate check-generated deps lint unit test bench clean
+.PHONY: all build generate check-generated deps lint unit test bench fuzz clean
 
 all: build
 
@@ -49,6 +49,17 @@ unit: deps
 
 # Unit tests, then the end-to-end tests against real kernels in qemu guests.
 test: lint check-generated unit vmtest
+
+# Every fuzz target for FUZZTIME each. The recordings among the seeds are
+# tens of kB: minimizing one such input for the default 60 s stalls the
+# fuzzer, so minimization is kept short.
+FUZZTIME ?= 60s
+fuzz:
+	@for t in FuzzDecode:./internal/trace FuzzReader:./internal/trace FuzzApply:./internal/state \
+		FuzzRun:./internal/report FuzzPerfetto:./internal/export; do \
+		echo "== $${t%%:*}"; \
+		$(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s -parallel 1 $${t#*:} || exit 1; \
+	done
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
