@@ -24,15 +24,15 @@ VM_ENV = KERNEL=$(KERNEL) KLPTOP_CACHE=$(KLPTOP_CACHE)
 VMTEST_JOBS ?= 2
 vmtest:
 	@mkdir -p $(KLPTOP_CACHE)/logs; \
-	for k in $(KERNELS); do rm -f $(KLPTOP_CACHE)/logs/vmtest-$$k.log.result; done; \
+	for k in $(KERNELS); do rm -f $(KLPTOP_CACHE)/logs/vmtest-$$k$${RUN_NAME:+-$$RUN_NAME}.log.result; done; \
 	printf '%s\n' $(KERNELS) | xargs -P $(VMTEST_JOBS) -I{} sh -c ' \
-		t=$$(date +%s); log=$(KLPTOP_CACHE)/logs/vmtest-{}.log; \
+		t=$$(date +%s); log=$(KLPTOP_CACHE)/logs/vmtest-{}$${RUN_NAME:+-$$RUN_NAME}.log; \
 		echo "vmtest {}: started, log in $$log"; \
 		if KERNEL={} KLPTOP_CACHE=$(KLPTOP_CACHE) vm/vm.sh test > $$log 2>&1; then r=ok; else r=FAIL; fi; \
 		echo "$$r $$(($$(date +%s) - t))" > $$log.result; \
 		echo "==================== vmtest {}: $$r"; cat $$log; true'; \
 	fail=0; echo "vmtest:"; for k in $(KERNELS); do \
-		read -r r s < $(KLPTOP_CACHE)/logs/vmtest-$$k.log.result || r=FAIL; \
+		read -r r s < $(KLPTOP_CACHE)/logs/vmtest-$$k$${RUN_NAME:+-$$RUN_NAME}.log.result || r=FAIL; \
 		printf '  %-5s %-4s %4ss\n' $$k $$r $$s; [ "$$r" = ok ] || fail=1; \
 	done; exit $$fail
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"os/signal"
 	"syscall"
 	"time"
@@ -142,6 +143,10 @@ func runRecord(args []string, stderr io.Writer) error {
 	return nil
 }
 
+// readerStopWait is how long the reader may take to stop: to drain the ring
+// buffer and finish a function stack read under way (probes.stopWait).
+const readerStopWait = 20 * time.Second
+
 // finish stops the reader and flushes everything it delivered.
 func finish(w *trace.Writer, sess interface{ Close() error }, readErr chan error, stderr io.Writer, out string) error {
 	// The context is cancelled: the reader drains the ring buffer and
@@ -149,8 +154,10 @@ func finish(w *trace.Writer, sess interface{ Close() error }, readErr chan error
 	var rerr error
 	select {
 	case rerr = <-readErr:
-	case <-time.After(3 * time.Second):
+	case <-time.After(readerStopWait):
 		rerr = errors.New("probe reader did not stop")
+		// A bug of klptop's: where every goroutine was, for the report.
+		_ = pprof.Lookup("goroutine").WriteTo(stderr, 1)
 	}
 	sess.Close()
 	if err := w.Flush(); err != nil {

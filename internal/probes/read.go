@@ -18,6 +18,10 @@ import (
 // SetDeadline from another goroutine while ReadInto blocks deadlocks.
 const pollEvery = 200 * time.Millisecond
 
+// stopWait bounds how long Read, once cancelled, waits for a function stack
+// read under way.
+const stopWait = 15 * time.Second
+
 // Read calls fn for every event until ctx is done (then it returns nil) or
 // the session is closed (nil too). Calls of fn never overlap, and none comes
 // after Read returned.
@@ -133,7 +137,13 @@ func (s *Session) funcsRefresher(emit func(event.Event)) (refresh func(stamp uin
 	}
 	stop = func() {
 		close(quit)
-		<-exited
+		// A read may have to reread /proc/kallsyms for a new module's
+		// symbols: seconds under emulation. Past stopWait its events are
+		// dropped rather than hold the recording open.
+		select {
+		case <-exited:
+		case <-time.After(stopWait):
+		}
 	}
 	return refresh, stop
 }
