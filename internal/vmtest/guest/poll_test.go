@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/klptop/klptop/internal/event"
-	"github.com/klptop/klptop/internal/status"
 	"github.com/klptop/klptop/internal/state"
+	"github.com/klptop/klptop/internal/status"
 )
 
 // The degraded backend: no BPF, sysfs and /proc polled every 250 ms.
