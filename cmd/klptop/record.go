@@ -8,8 +8,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"runtime/pprof"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
