@@ -216,16 +216,21 @@ func (p *Poller) Poll() ([]event.Event, error) {
 			p.enabledOnce[pt.Name] = true
 		}
 		switch {
-		case p.tr != nil && p.tr.patch == pt.Name && target != p.tr.target && logged[pt.Name+"/"+dirName(p.tr.target)]:
-			// The kernel logged the completion: "enabled" flipped for a
-			// new transition, not a reverse.
-			if p.tr.target == event.StatePatched {
+		case p.tr != nil && p.tr.patch == pt.Name && logged[pt.Name+"/"+dirName(p.tr.target)]:
+			// The kernel logged the completion: a transition in sysfs now,
+			// or "enabled" flipped, is a new transition the other way (a
+			// patch's transitions alternate), not a reverse. "enabled"
+			// flips only after the new one starts.
+			was := p.tr.target
+			if was == event.StatePatched {
 				patched = pt.Name
 			}
 			p.complete(ev)
-			p.begin(ev, pt.Name, target, pt.Replace)
-			if !pt.Transition {
-				p.complete(ev)
+			if pt.Transition || target != was {
+				p.begin(ev, pt.Name, 1-was, pt.Replace)
+				if !pt.Transition {
+					p.complete(ev)
+				}
 			}
 		case p.tr != nil && p.tr.patch == pt.Name:
 			if target != p.tr.target {
@@ -243,6 +248,11 @@ func (p *Poller) Poll() ([]event.Event, error) {
 		case pt.Transition:
 			if p.tr != nil {
 				p.complete(ev) // its end fell between two polls
+			}
+			if seen && old.Enabled && !old.Transition {
+				// Fully patched at the last poll: this can only be its
+				// unpatching, before "enabled" flips.
+				target = event.StateUnpatched
 			}
 			p.begin(ev, pt.Name, target, pt.Replace)
 		case !seen && pt.Enabled, seen && !old.Enabled && pt.Enabled:

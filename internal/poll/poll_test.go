@@ -421,3 +421,35 @@ func TestWholeLifeBetweenPolls(t *testing.T) {
 		}
 	}
 }
+
+// TestDisableBeforeEnabledFlips: the kernel starts the unpatching
+// transition before it clears "enabled": a poll in between sees a fully
+// patched patch in transition with "enabled" still 1. That is its
+// unpatching, whether or not the kernel's log was read.
+func TestDisableBeforeEnabledFlips(t *testing.T) {
+	for _, logged := range []bool{false, true} {
+		h := newHandMade(t)
+		h.patch("p", true, true, "vmlinux:f")
+		p := h.poller()
+		var log []string
+		p.Log = func() []string { l := log; log = nil; return l }
+		if _, err := p.Snapshot(); err != nil {
+			t.Fatal(err)
+		}
+		h.patch("p", true, false)
+		if logged {
+			log = []string{"livepatch: 'p': patching complete"}
+		}
+		mustPoll(t, p)
+		h.patch("p", true, true)
+		var inits []string
+		for _, e := range mustPoll(t, p) {
+			if e.Type == event.TransitionInit || e.Type == event.TransitionReverse {
+				inits = append(inits, short([]event.Event{e})...)
+			}
+		}
+		if strings.Join(inits, ",") != "transition_init p/0" {
+			t.Errorf("logged=%v: %v, want the unpatching transition", logged, inits)
+		}
+	}
+}
