@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -165,7 +166,7 @@ func (s *Session) finish(raw rawEvent) event.Event {
 		// of reach there; the task is stuck, so its stack in /proc is the
 		// one the check saw. The idle tasks (pid 0) have no /proc entry.
 		if raw.wantStack && e.PID != 0 {
-			if st, err := sysfs.Stack(s.root, e.PID); err == nil {
+			if st, err := sysfs.Stack(s.root, e.PID); err == nil && stackMatches(st, e) {
 				e.Stack = st
 			}
 		}
@@ -188,4 +189,20 @@ func (s *Session) reportLost(fn func(event.Event)) {
 		fn(event.Event{Time: monotonicNow(), Type: event.Lost, Count: total - s.lostSeen})
 		s.lostSeen = total
 	}
+}
+
+// stackMatches: the stack read from /proc now can be the one the kernel
+// checked only if it holds the function the check found: a task already
+// out of it (the check's event read late, under load) would show a stack
+// the check never saw. Such a stack is left out; the last good one stands.
+func stackMatches(st []string, e event.Event) bool {
+	if e.Reason != event.ReasonSleeping || e.Func == "" {
+		return true
+	}
+	for _, f := range st {
+		if strings.HasPrefix(f, e.Func+"+") {
+			return true
+		}
+	}
+	return false
 }
