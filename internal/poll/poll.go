@@ -408,6 +408,15 @@ func (p *Poller) scan(ev func(event.Event), ps []sysfs.Patch) {
 			t = &task{tgid: th.tgid, comm: p.comm(th), state: event.StateIdle}
 			p.tasks[th.tid] = t
 		}
+		if st == event.StateIdle && t.seenPending && participates(t.state) && t.state != tr.target {
+			// The kernel resets every task only once it completed the
+			// transition, which it did with this one at the target: it
+			// switched since the last poll, then the transition ended
+			// between reading sysfs and reading this thread.
+			ev(event.Event{Type: event.TaskSwitch, PID: th.tid, TGID: t.tgid, Comm: t.comm,
+				PatchState: tr.target, Path: PathPoll, Target: tr.target})
+			t.state = tr.target
+		}
 		if st != t.state {
 			ev(event.Event{Type: event.TaskSwitch, PID: th.tid, TGID: t.tgid, Comm: t.comm,
 				PatchState: st, Path: PathPoll, Target: tr.target})

@@ -453,3 +453,31 @@ func TestDisableBeforeEnabledFlips(t *testing.T) {
 		}
 	}
 }
+
+// TestSwitchedThenCompletedMidPoll: the kernel completes the transition
+// between a poll's read of sysfs (still in transition) and its read of the
+// stuck thread, now reset to -1: the thread reached the target first.
+func TestSwitchedThenCompletedMidPoll(t *testing.T) {
+	h := newHandMade(t)
+	p := h.poller()
+	if _, err := p.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	h.patch("test_klp_callbacks_demo", true, true, "test_klp_callbacks_busy:busymod_work_func")
+	for _, x := range [][2]int{{1, 1}, {100, 100}, {100, 101}} {
+		h.setState(x[0], x[1], 1)
+	}
+	h.setState(22, 22, 0)
+	h.setStack(22, 22, "msleep+0x29/0x40\nbusymod_work_func+0x38/0x4d [test_klp_callbacks_busy]\n")
+	mustPoll(t, p)
+	h.setState(22, 22, -1)
+	var got []string
+	for _, e := range mustPoll(t, p) {
+		if e.PID == 22 {
+			got = append(got, short([]event.Event{e})...)
+		}
+	}
+	if strings.Join(got, ",") != "task_switch 22->1 poll,task_switch 22->-1 poll" {
+		t.Errorf("kworker 22: %v, want its switch to the target, then the reset", got)
+	}
+}
