@@ -28,6 +28,15 @@ enum klptop_event_type {
 	EV_FUNCS_CHANGED,
 	EV_SIGNAL,
 	EV_KLP_STATE, /* one struct klp_state of the patch of the EV_PATCH_ENABLE before it */
+	EV_MODULE_COMING, /* func: the module */
+	EV_MODULE_GOING,  /* func: the module */
+	EV_MODULE_APPLY,  /* patch applied to the coming module (func) */
+	EV_MODULE_REVERT, /* patch reverted on the going module (func) */
+	EV_PATCH_REPLACE, /* patch unpatches the patches below it (EV_PATCH_REPLACED each, next) */
+	EV_PATCH_REPLACED,
+	EV_NOPS_DISCARD,  /* patch's nop functions discarded */
+	EV_PATCH_FREE,    /* patch freed */
+	EV_REPLACED_FREE, /* the patches patch replaced are freed */
 };
 
 enum klptop_path {

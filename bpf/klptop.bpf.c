@@ -1045,3 +1045,122 @@ int BPF_KPROBE(shadow_free_all, unsigned long id)
 		__sync_fetch_and_add(&c->frees, found);
 	return 0;
 }
+
+/*
+ * Modules and atomic replace (core.c). Module names go in e->func.
+ */
+#define KLPTOP_MAX_REPLACED 16
+
+static __always_inline int emit_module(__u32 type, struct module *mod)
+{
+	struct event *e = reserve(type);
+	if (!e)
+		return 0;
+	e->patch[0] = 0; /* not the transition's */
+	bpf_probe_read_kernel_str(e->func, sizeof(e->func), mod->name);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("kprobe/klp_module_coming")
+int BPF_KPROBE(klp_module_coming, struct module *mod)
+{
+	return emit_module(EV_MODULE_COMING, mod);
+}
+
+SEC("kprobe/klp_module_going")
+int BPF_KPROBE(klp_module_going, struct module *mod)
+{
+	return emit_module(EV_MODULE_GOING, mod);
+}
+
+/* The patch an object belongs to: its kobject's parent is the patch's. */
+static __always_inline struct klp_patch *obj_patch(struct klp_object *obj)
+{
+	struct kobject *parent = BPF_CORE_READ(obj, kobj.parent);
+	if (!parent)
+		return 0;
+	return (void *)parent - bpf_core_field_offset(struct klp_patch, kobj);
+}
+
+/* An object of a module in the given state: klp_module_coming/_going's work. */
+static __always_inline int emit_module_obj(__u32 type, struct klp_object *obj, int mstate)
+{
+	struct module *mod = BPF_CORE_READ(obj, mod);
+	if (!mod || BPF_CORE_READ(mod, state) != mstate)
+		return 0;
+	struct klp_patch *p = obj_patch(obj);
+	if (!p)
+		return 0;
+	struct event *e = reserve(type);
+	if (!e)
+		return 0;
+	BPF_CORE_READ_STR_INTO(&e->patch, p, mod, name);
+	bpf_probe_read_kernel_str(e->func, sizeof(e->func), BPF_CORE_READ(obj, name));
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("kprobe/klp_patch_object")
+int BPF_KPROBE(klp_module_apply, struct klp_object *obj)
+{
+	return emit_module_obj(EV_MODULE_APPLY, obj, MODULE_STATE_COMING);
+}
+
+SEC("kprobe/klp_unpatch_object")
+int BPF_KPROBE(klp_module_revert, struct klp_object *obj)
+{
+	return emit_module_obj(EV_MODULE_REVERT, obj, MODULE_STATE_GOING);
+}
+
+static __always_inline int emit_patch(__u32 type, struct klp_patch *p)
+{
+	struct event *e = reserve(type);
+	if (!e)
+		return 0;
+	BPF_CORE_READ_STR_INTO(&e->patch, p, mod, name);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/*
+ * klp_unpatch_replaced_patches(new): every patch below new on klp_patches
+ * is disabled and unpatched. Named here, from the kernel's list.
+ */
+SEC("kprobe/klp_unpatch_replaced_patches")
+int BPF_KPROBE(klp_unpatch_replaced_patches, struct klp_patch *new_patch)
+{
+	emit_patch(EV_PATCH_REPLACE, new_patch);
+	if (!klp_patches_addr)
+		return 0;
+	__u64 pos = klp_patches_addr;
+	for (int i = 0; i < KLPTOP_MAX_REPLACED; i++) {
+		__u64 next = next_node(pos);
+		if (!next || next == klp_patches_addr)
+			break;
+		struct klp_patch *p = (void *)next - bpf_core_field_offset(struct klp_patch, list);
+		if (p == new_patch)
+			break;
+		emit_patch(EV_PATCH_REPLACED, p);
+		pos = next;
+	}
+	return 0;
+}
+
+SEC("kprobe/klp_discard_nops")
+int BPF_KPROBE(klp_discard_nops, struct klp_patch *new_patch)
+{
+	return emit_patch(EV_NOPS_DISCARD, new_patch);
+}
+
+SEC("kprobe/klp_free_patch_async")
+int BPF_KPROBE(klp_free_patch_async, struct klp_patch *patch)
+{
+	return emit_patch(EV_PATCH_FREE, patch);
+}
+
+SEC("kprobe/klp_free_replaced_patches_async")
+int BPF_KPROBE(klp_free_replaced_patches_async, struct klp_patch *new_patch)
+{
+	return emit_patch(EV_REPLACED_FREE, new_patch);
+}

@@ -54,8 +54,21 @@ struct task_struct {
 	int patch_state; /* CONFIG_LIVEPATCH only: guard with bpf_core_field_exists */
 } __attribute__((preserve_access_index));
 
+enum module_state {
+	MODULE_STATE_LIVE,
+	MODULE_STATE_COMING,
+	MODULE_STATE_GOING,
+	MODULE_STATE_UNFORMED,
+};
+
 struct module {
+	enum module_state state;
 	char name[56];
+} __attribute__((preserve_access_index));
+
+struct kobject {
+	const char *name;
+	struct kobject *parent;
 } __attribute__((preserve_access_index));
 
 struct list_head {
@@ -83,6 +96,7 @@ struct klp_patch {
 	struct klp_state *states;
 	struct list_head list;
 	struct list_head obj_list;
+	struct kobject kobj;
 	bool enabled;
 	bool replace;
 	bool forced;
@@ -90,6 +104,8 @@ struct klp_patch {
 
 struct klp_object {
 	const char *name;
+	struct kobject kobj;
+	struct module *mod;
 	struct list_head func_list;
 	struct list_head node;
 	bool patched;

@@ -69,6 +69,28 @@ const (
 	// Sent when the counts changed, at most every poll interval and at the
 	// end of a recording; never one event per call.
 	Shadow Type = "shadow"
+
+	// Modules (1.4). ModuleComing and ModuleGoing: klp_module_coming() and
+	// klp_module_going(), a module (Object) loads or unloads. ModuleApply:
+	// the kernel applies Patch to the coming module Object
+	// (klp_patch_object() on a module in MODULE_STATE_COMING); ModuleRevert:
+	// reverts Patch on the going module (klp_unpatch_object(), going).
+	ModuleComing Type = "module_coming"
+	ModuleGoing  Type = "module_going"
+	ModuleApply  Type = "module_apply"
+	ModuleRevert Type = "module_revert"
+
+	// Atomic replace (1.4). PatchReplace: klp_unpatch_replaced_patches(),
+	// Patch unpatches the patches below it, each named by a PatchReplaced
+	// right after it, from the kernel's klp_patches. NopsDiscard:
+	// klp_discard_nops(), Patch's nop functions removed. ReplacedFree:
+	// klp_free_replaced_patches_async(), the patches Patch replaced are
+	// freed. PatchFree: klp_free_patch_async(), Patch is freed.
+	PatchReplace  Type = "patch_replace"
+	PatchReplaced Type = "patch_replaced"
+	NopsDiscard   Type = "nops_discard"
+	ReplacedFree  Type = "replaced_free"
+	PatchFree     Type = "patch_free"
 )
 
 // The kernel functions behind Shadow's Calls.
@@ -248,6 +270,9 @@ var known = map[Type]bool{
 	TransitionForce: true, SweepStart: true, SweepEnd: true, TaskCheck: true,
 	TaskSwitch: true, PatchSnapshot: true, TaskSnapshot: true, SnapshotEnd: true,
 	Lost: true, FuncStack: true, Signal: true, KlpState: true, Shadow: true,
+	ModuleComing: true, ModuleGoing: true, ModuleApply: true, ModuleRevert: true,
+	PatchReplace: true, PatchReplaced: true, NopsDiscard: true, ReplacedFree: true,
+	PatchFree: true,
 }
 
 // Known reports whether t is a type this version of klptop understands.

@@ -215,12 +215,43 @@ func (p *perfetto) instant(k *state.Tracker, e event.Event) {
 	case event.Signal:
 		p.signal(k, e)
 		return
+	case event.ModuleComing, event.ModuleGoing, event.ModuleApply, event.ModuleRevert,
+		event.PatchReplace, event.PatchReplaced, event.NopsDiscard, event.ReplacedFree, event.PatchFree:
+		p.global(e)
+		return
 	default:
 		return
 	}
 	if k.Index() > 0 {
 		p.emit(traceEvent{Name: name, Cat: "transition", Ph: "i", S: "p", Ts: p.us(e.Time), Pid: k.Index(), Tid: p.trTid})
 	}
+}
+
+// global marks module and atomic-replace events (trace format 1.4) as
+// global instants: they are the kernel's, not one transition's.
+func (p *perfetto) global(e event.Event) {
+	var name string
+	switch e.Type {
+	case event.ModuleComing:
+		name = "module " + e.Object + " coming"
+	case event.ModuleGoing:
+		name = "module " + e.Object + " going"
+	case event.ModuleApply:
+		name = e.Patch + " applied to " + e.Object
+	case event.ModuleRevert:
+		name = e.Patch + " reverted on " + e.Object
+	case event.PatchReplace:
+		name = e.Patch + " replaces"
+	case event.PatchReplaced:
+		name = e.Patch + " replaced"
+	case event.NopsDiscard:
+		name = e.Patch + " nops discarded"
+	case event.ReplacedFree:
+		name = "patches replaced by " + e.Patch + " freed"
+	case event.PatchFree:
+		name = e.Patch + " freed"
+	}
+	p.emit(traceEvent{Name: name, Cat: string(e.Type), Ph: "i", S: "g", Ts: p.us(e.Time)})
 }
 
 // signal marks the kernel's prod on the task's own track, next to the

@@ -40,6 +40,15 @@ var eventTypes = [...]event.Type{
 	12: funcsChanged,
 	13: event.Signal,
 	14: event.KlpState,
+	15: event.ModuleComing,
+	16: event.ModuleGoing,
+	17: event.ModuleApply,
+	18: event.ModuleRevert,
+	19: event.PatchReplace,
+	20: event.PatchReplaced,
+	21: event.NopsDiscard,
+	22: event.PatchFree,
+	23: event.ReplacedFree,
 }
 
 // enum klptop_path
@@ -98,6 +107,10 @@ func decodeEvent(b []byte) (rawEvent, error) {
 	if e.Type == event.KlpState {
 		e.ID = le.Uint64(b[offID:])
 		e.Version = int(le.Uint32(b[offVersion:]))
+	}
+	switch e.Type {
+	case event.ModuleComing, event.ModuleGoing, event.ModuleApply, event.ModuleRevert:
+		e.Object, e.Func = e.Func, "" // the module
 	}
 	if e.Type == event.TaskCheck {
 		e.Reason = event.ReasonFor(e.Ret)

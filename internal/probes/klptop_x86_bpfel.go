@@ -120,9 +120,16 @@ const (
 	klptopProgKlpCheckAndSwitchTaskRet          = "klp_check_and_switch_task_ret"
 	klptopProgKlpCompleteTransition             = "klp_complete_transition"
 	klptopProgKlpCopyProcess                    = "klp_copy_process"
+	klptopProgKlpDiscardNops                    = "klp_discard_nops"
 	klptopProgKlpEnablePatch                    = "klp_enable_patch"
 	klptopProgKlpForceTransition                = "klp_force_transition"
+	klptopProgKlpFreePatchAsync                 = "klp_free_patch_async"
+	klptopProgKlpFreeReplacedPatchesAsync       = "klp_free_replaced_patches_async"
 	klptopProgKlpInitTransition                 = "klp_init_transition"
+	klptopProgKlpModuleApply                    = "klp_module_apply"
+	klptopProgKlpModuleComing                   = "klp_module_coming"
+	klptopProgKlpModuleGoing                    = "klp_module_going"
+	klptopProgKlpModuleRevert                   = "klp_module_revert"
 	klptopProgKlpReverseTransition              = "klp_reverse_transition"
 	klptopProgKlpSchedTrySwitch                 = "klp_sched_try_switch"
 	klptopProgKlpSchedTrySwitchRet              = "klp_sched_try_switch_ret"
@@ -130,6 +137,7 @@ const (
 	klptopProgKlpStartTransition                = "klp_start_transition"
 	klptopProgKlpTryCompleteTransition          = "klp_try_complete_transition"
 	klptopProgKlpTryCompleteTransitionRet       = "klp_try_complete_transition_ret"
+	klptopProgKlpUnpatchReplacedPatches         = "klp_unpatch_replaced_patches"
 	klptopProgKlpUpdatePatchState               = "klp_update_patch_state"
 	klptopProgKlpUpdatePatchStateRet            = "klp_update_patch_state_ret"
 	klptopProgShadowAlloc                       = "shadow_alloc"
@@ -218,9 +226,16 @@ type klptopProgramSpecs struct {
 	KlpCheckAndSwitchTaskRet          *ebpf.ProgramSpec `ebpf:"klp_check_and_switch_task_ret"`
 	KlpCompleteTransition             *ebpf.ProgramSpec `ebpf:"klp_complete_transition"`
 	KlpCopyProcess                    *ebpf.ProgramSpec `ebpf:"klp_copy_process"`
+	KlpDiscardNops                    *ebpf.ProgramSpec `ebpf:"klp_discard_nops"`
 	KlpEnablePatch                    *ebpf.ProgramSpec `ebpf:"klp_enable_patch"`
 	KlpForceTransition                *ebpf.ProgramSpec `ebpf:"klp_force_transition"`
+	KlpFreePatchAsync                 *ebpf.ProgramSpec `ebpf:"klp_free_patch_async"`
+	KlpFreeReplacedPatchesAsync       *ebpf.ProgramSpec `ebpf:"klp_free_replaced_patches_async"`
 	KlpInitTransition                 *ebpf.ProgramSpec `ebpf:"klp_init_transition"`
+	KlpModuleApply                    *ebpf.ProgramSpec `ebpf:"klp_module_apply"`
+	KlpModuleComing                   *ebpf.ProgramSpec `ebpf:"klp_module_coming"`
+	KlpModuleGoing                    *ebpf.ProgramSpec `ebpf:"klp_module_going"`
+	KlpModuleRevert                   *ebpf.ProgramSpec `ebpf:"klp_module_revert"`
 	KlpReverseTransition              *ebpf.ProgramSpec `ebpf:"klp_reverse_transition"`
 	KlpSchedTrySwitch                 *ebpf.ProgramSpec `ebpf:"klp_sched_try_switch"`
 	KlpSchedTrySwitchRet              *ebpf.ProgramSpec `ebpf:"klp_sched_try_switch_ret"`
@@ -228,6 +243,7 @@ type klptopProgramSpecs struct {
 	KlpStartTransition                *ebpf.ProgramSpec `ebpf:"klp_start_transition"`
 	KlpTryCompleteTransition          *ebpf.ProgramSpec `ebpf:"klp_try_complete_transition"`
 	KlpTryCompleteTransitionRet       *ebpf.ProgramSpec `ebpf:"klp_try_complete_transition_ret"`
+	KlpUnpatchReplacedPatches         *ebpf.ProgramSpec `ebpf:"klp_unpatch_replaced_patches"`
 	KlpUpdatePatchState               *ebpf.ProgramSpec `ebpf:"klp_update_patch_state"`
 	KlpUpdatePatchStateRet            *ebpf.ProgramSpec `ebpf:"klp_update_patch_state_ret"`
 	ShadowAlloc                       *ebpf.ProgramSpec `ebpf:"shadow_alloc"`
@@ -378,9 +394,16 @@ type klptopPrograms struct {
 	KlpCheckAndSwitchTaskRet          *ebpf.Program `ebpf:"klp_check_and_switch_task_ret"`
 	KlpCompleteTransition             *ebpf.Program `ebpf:"klp_complete_transition"`
 	KlpCopyProcess                    *ebpf.Program `ebpf:"klp_copy_process"`
+	KlpDiscardNops                    *ebpf.Program `ebpf:"klp_discard_nops"`
 	KlpEnablePatch                    *ebpf.Program `ebpf:"klp_enable_patch"`
 	KlpForceTransition                *ebpf.Program `ebpf:"klp_force_transition"`
+	KlpFreePatchAsync                 *ebpf.Program `ebpf:"klp_free_patch_async"`
+	KlpFreeReplacedPatchesAsync       *ebpf.Program `ebpf:"klp_free_replaced_patches_async"`
 	KlpInitTransition                 *ebpf.Program `ebpf:"klp_init_transition"`
+	KlpModuleApply                    *ebpf.Program `ebpf:"klp_module_apply"`
+	KlpModuleComing                   *ebpf.Program `ebpf:"klp_module_coming"`
+	KlpModuleGoing                    *ebpf.Program `ebpf:"klp_module_going"`
+	KlpModuleRevert                   *ebpf.Program `ebpf:"klp_module_revert"`
 	KlpReverseTransition              *ebpf.Program `ebpf:"klp_reverse_transition"`
 	KlpSchedTrySwitch                 *ebpf.Program `ebpf:"klp_sched_try_switch"`
 	KlpSchedTrySwitchRet              *ebpf.Program `ebpf:"klp_sched_try_switch_ret"`
@@ -388,6 +411,7 @@ type klptopPrograms struct {
 	KlpStartTransition                *ebpf.Program `ebpf:"klp_start_transition"`
 	KlpTryCompleteTransition          *ebpf.Program `ebpf:"klp_try_complete_transition"`
 	KlpTryCompleteTransitionRet       *ebpf.Program `ebpf:"klp_try_complete_transition_ret"`
+	KlpUnpatchReplacedPatches         *ebpf.Program `ebpf:"klp_unpatch_replaced_patches"`
 	KlpUpdatePatchState               *ebpf.Program `ebpf:"klp_update_patch_state"`
 	KlpUpdatePatchStateRet            *ebpf.Program `ebpf:"klp_update_patch_state_ret"`
 	ShadowAlloc                       *ebpf.Program `ebpf:"shadow_alloc"`
@@ -417,9 +441,16 @@ func (p *klptopPrograms) Close() error {
 		p.KlpCheckAndSwitchTaskRet,
 		p.KlpCompleteTransition,
 		p.KlpCopyProcess,
+		p.KlpDiscardNops,
 		p.KlpEnablePatch,
 		p.KlpForceTransition,
+		p.KlpFreePatchAsync,
+		p.KlpFreeReplacedPatchesAsync,
 		p.KlpInitTransition,
+		p.KlpModuleApply,
+		p.KlpModuleComing,
+		p.KlpModuleGoing,
+		p.KlpModuleRevert,
 		p.KlpReverseTransition,
 		p.KlpSchedTrySwitch,
 		p.KlpSchedTrySwitchRet,
@@ -427,6 +458,7 @@ func (p *klptopPrograms) Close() error {
 		p.KlpStartTransition,
 		p.KlpTryCompleteTransition,
 		p.KlpTryCompleteTransitionRet,
+		p.KlpUnpatchReplacedPatches,
 		p.KlpUpdatePatchState,
 		p.KlpUpdatePatchStateRet,
 		p.ShadowAlloc,

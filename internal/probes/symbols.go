@@ -50,6 +50,17 @@ var probes = []probe{
 	{prog: "klp_sched_try_switch_ret", symbol: event.SchedTrySwitchProbe, ret: true, pair: "klp_sched_try_switch"},
 	// Called all over the kernel; the program returns at once outside a sweep.
 	{prog: "klp_signal", symbol: event.SignalProbe, args: true, pair: "klp_try_complete_transition", observes: event.SignalSymbol},
+	// Modules and atomic replace (core.c); the klp_patch_object and
+	// klp_unpatch_object programs report only objects of a coming or going
+	// module.
+	{prog: "klp_module_coming", symbol: "klp_module_coming", args: true},
+	{prog: "klp_module_going", symbol: "klp_module_going", args: true},
+	{prog: "klp_module_apply", symbol: "klp_patch_object", args: true},
+	{prog: "klp_module_revert", symbol: "klp_unpatch_object", args: true},
+	{prog: "klp_unpatch_replaced_patches", symbol: "klp_unpatch_replaced_patches", args: true},
+	{prog: "klp_discard_nops", symbol: "klp_discard_nops", args: true},
+	{prog: "klp_free_patch_async", symbol: "klp_free_patch_async", args: true},
+	{prog: "klp_free_replaced_patches_async", symbol: "klp_free_replaced_patches_async", args: true},
 	// Shadow variables: counted in the shadow_counts map, never streamed.
 	// klp_shadow_get, which real patches call on every call of a patched
 	// function, is left out.

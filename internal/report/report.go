@@ -73,6 +73,26 @@ type Transition struct {
 	// KlpStates is the patch's klp_state array (trace format 1.3), as its
 	// klp_enable_patch or the start-up snapshot showed it.
 	KlpStates []KlpState `json:"klp_states,omitempty"`
+	// Replace (trace format 1.4): this transition's atomic replace, as the
+	// kernel did it at its completion; nil when it replaced nothing or the
+	// trace does not show it.
+	Replace *Replace `json:"replace,omitempty"`
+}
+
+// Replace is one atomic replace: the patches the kernel unpatched
+// (klp_unpatch_replaced_patches) and whether it discarded the nops.
+type Replace struct {
+	Replaced      []string `json:"replaced"`
+	NopsDiscarded bool     `json:"nops_discarded"`
+}
+
+// Module is a module loading or unloading (trace format 1.4) and the
+// patches the kernel applied to it or reverted on it.
+type Module struct {
+	Time    Time     `json:"time"`
+	Event   string   `json:"event"` // "coming" or "going"
+	Module  string   `json:"module"`
+	Patches []string `json:"patches"`
 }
 
 // KlpState is one struct klp_state of a patch.
@@ -147,7 +167,12 @@ type Summary struct {
 	// list means no shadow variable was allocated or freed.
 	Shadows           []Shadow `json:"shadows,omitempty"`
 	ShadowsObservable bool     `json:"shadows_observable,omitempty"`
+	// Modules that loaded or unloaded while livepatch watched them
+	// (klp_module_coming/going), in order; at most maxModules.
+	Modules []Module `json:"modules,omitempty"`
 }
+
+const maxModules = 4096
 
 // Warnings are what the command should tell the user on stderr.
 func (s *Summary) Warnings() []string {
@@ -205,6 +230,8 @@ func Run(r io.Reader, w io.Writer, opts Options) (*Summary, error) {
 		sum.Events++
 		b.sawEvent(e.Time)
 		b.sawStates(e)
+		b.sawReplace(e)
+		b.sawModule(e, sum)
 		if ended := k.Apply(e); ended != nil {
 			if err := out.transition(b.transition(ended, sum)); err != nil {
 				return sum, err
@@ -250,6 +277,47 @@ type builder struct {
 	haveBase          bool
 	// klpStates by patch: the last klp_enable_patch's or snapshot's.
 	klpStates map[string][]KlpState
+	// replaces by replacing patch, until its transition is reported.
+	replaces  map[string]*Replace
+	replacing string
+}
+
+func (b *builder) sawReplace(e event.Event) {
+	switch e.Type {
+	case event.PatchReplace:
+		if b.replaces == nil {
+			b.replaces = map[string]*Replace{}
+		}
+		if len(b.replaces) < 4096 {
+			b.replaces[e.Patch] = &Replace{Replaced: []string{}}
+		}
+		b.replacing = e.Patch
+	case event.PatchReplaced:
+		if r := b.replaces[b.replacing]; r != nil && len(r.Replaced) < 64 {
+			r.Replaced = append(r.Replaced, e.Patch)
+		}
+	case event.NopsDiscard:
+		if r := b.replaces[e.Patch]; r != nil {
+			r.NopsDiscarded = true
+		}
+	}
+}
+
+func (b *builder) sawModule(e event.Event, sum *Summary) {
+	switch e.Type {
+	case event.ModuleComing, event.ModuleGoing:
+		if len(sum.Modules) < maxModules {
+			ev := "coming"
+			if e.Type == event.ModuleGoing {
+				ev = "going"
+			}
+			sum.Modules = append(sum.Modules, Module{Time: b.time(e.Time), Event: ev, Module: e.Object, Patches: []string{}})
+		}
+	case event.ModuleApply, event.ModuleRevert:
+		if n := len(sum.Modules); n > 0 && sum.Modules[n-1].Module == e.Object && len(sum.Modules[n-1].Patches) < 64 {
+			sum.Modules[n-1].Patches = append(sum.Modules[n-1].Patches, e.Patch)
+		}
+	}
 }
 
 // sawStates keeps each patch's klp_states: they come before its
@@ -331,6 +399,10 @@ func (b *builder) transition(en *state.Ended, sum *Summary) *Transition {
 		Signals: st.Signals, SignalsObservable: b.signalsObservable, StartedBeforeRecording: st.Attached,
 		Tasks: st.Total, Switched: st.Switched, Blockers: []Blocker{},
 		KlpStates: slices.Clone(b.klpStates[st.Patch]),
+	}
+	if r := b.replaces[st.Patch]; r != nil {
+		t.Replace = r
+		delete(b.replaces, st.Patch)
 	}
 	end := st.End
 	switch {

@@ -152,6 +152,13 @@ func (s *textSink) transition(t *Transition) error {
 		}
 		s.printf("    klp_state  %s\n", strings.Join(ks, ", "))
 	}
+	if r := t.Replace; r != nil {
+		line := "    replace  unpatched " + orNone(strings.Join(r.Replaced, ", "))
+		if r.NopsDiscarded {
+			line += "; nops discarded"
+		}
+		s.printf("%s\n", line)
+	}
 	if t.Stall {
 		s.blockers(t)
 	}
@@ -268,7 +275,28 @@ func (s *textSink) shadows(sum *Summary) {
 	s.printf("\n")
 }
 
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func (s *textSink) modules(sum *Summary) {
+	for _, m := range sum.Modules {
+		what := "applied"
+		if m.Event == "going" {
+			what = "reverted"
+		}
+		s.printf("module %s %s at %s: %s %s\n", m.Module, m.Event, offset(&m.Time), what, orNone(strings.Join(m.Patches, ", ")))
+	}
+	if len(sum.Modules) > 0 {
+		s.printf("\n")
+	}
+}
+
 func (s *textSink) end(sum *Summary) error {
+	s.modules(sum)
 	s.shadows(sum)
 	var parts []string
 	for _, o := range []string{"complete", "reversed", "cancelled", "forced", OutcomeUnfinished} {

@@ -30,6 +30,9 @@ const (
 // grow it without limit.
 const maxHistory = 256
 
+// maxReplaced bounds a patch's Replaced list.
+const maxReplaced = 64
+
 // State is everything known at time Now.
 type State struct {
 	// Now is the latest event time seen (CLOCK_MONOTONIC ns). It never goes
@@ -56,6 +59,10 @@ type State struct {
 	Funcs map[string]*Func
 	// Shadows are the shadow variable counts by shadow id (see ShadowList).
 	Shadows map[uint64]*Shadow
+
+	// replacing: the patch of the last patch_replace, which the
+	// patch_replaced events after it name the victims of.
+	replacing string
 }
 
 // Patch is one livepatch on the stack.
@@ -71,6 +78,14 @@ type Patch struct {
 	InTransition bool
 	// States is the patch's klp_state array (patch->states), in its order.
 	States []KlpState
+	// ReplacedBy: the atomic replace patch that unpatched this one, as the
+	// kernel named it (patch_replaced, trace format 1.4). The patch stays
+	// until the kernel frees it (replaced_free or patch_free).
+	ReplacedBy string
+	// Replaced: the patches this one replaced, as the kernel named them;
+	// NopsDiscarded: the kernel discarded its nop functions.
+	Replaced      []string
+	NopsDiscarded bool
 }
 
 // Transition is one klp_init_transition .. klp_complete/cancel_transition.
@@ -276,6 +291,26 @@ func (s *State) Apply(e event.Event) {
 		s.klpState(e)
 	case event.Shadow:
 		s.shadow(e)
+	case event.PatchReplace:
+		if p := s.Patch(e.Patch); p != nil {
+			p.Replaced = p.Replaced[:0]
+			s.replacing = e.Patch
+		}
+	case event.PatchReplaced:
+		if p := s.Patch(e.Patch); p != nil && s.replacing != "" && e.Patch != s.replacing {
+			p.Enabled, p.ReplacedBy = false, s.replacing
+			if np := s.Patch(s.replacing); np != nil && len(np.Replaced) < maxReplaced {
+				np.Replaced = append(np.Replaced, e.Patch)
+			}
+		}
+	case event.NopsDiscard:
+		if p := s.Patch(e.Patch); p != nil {
+			p.NopsDiscarded = true
+		}
+	case event.ReplacedFree:
+		s.Patches = slices.DeleteFunc(s.Patches, func(p *Patch) bool { return e.Patch != "" && p.ReplacedBy == e.Patch })
+	case event.PatchFree:
+		s.removePatch(e.Patch)
 	case event.Signal:
 		t := s.task(e)
 		t.Signals++
@@ -628,8 +663,11 @@ func (s *State) finish(e event.Event, cancelled bool) {
 			s.removePatch(tr.Patch)
 		case p.Replace:
 			// Atomic replace: klp_free_replaced_patches_async frees every
-			// other patch.
-			s.Patches = []*Patch{p}
+			// other patch. Those the kernel named (patch_replaced) leave
+			// when it says it frees them (replaced_free); the others, in a
+			// trace without those events, now.
+			s.Patches = slices.DeleteFunc(s.Patches, func(o *Patch) bool { return o != p && o.ReplacedBy != p.Name })
+			s.replacing = ""
 		}
 	}
 	s.History = append(s.History, tr)

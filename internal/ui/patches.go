@@ -51,6 +51,10 @@ func renderPatches(th Theme, s *state.State, width, maxRows int) string {
 				tr = "patching"
 			}
 		}
+		if p.ReplacedBy != "" {
+			// Unpatched by an atomic replace, until the kernel frees it.
+			tr = "replaced by " + p.ReplacedBy
+		}
 		forced := ""
 		if p.Forced {
 			forced = "forced"
