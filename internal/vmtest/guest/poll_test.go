@@ -321,10 +321,16 @@ func TestPollTUI(t *testing.T) {
 	t.Logf("screen during the stall:\n%s", screen)
 
 	writeAttr(t, "/sys/module/"+busyModule+"/parameters/block_transition", "0")
-	waitFor(t, 30*time.Second, "the transition to complete on screen", func() bool {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(300 * time.Millisecond) {
 		screen = capture()
-		return strings.Contains(screen, "none in progress; last: "+demoName+" patching complete")
-	})
+		if strings.Contains(screen, "none in progress; last: "+demoName+" patching complete") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30s after the unblock (kernel transition %q), the screen does not show the transition complete:\n%s",
+				readAttr(demoLP+"/transition"), screen)
+		}
+	}
 	if _, err := tmux("send-keys", "-t", "tui", "q"); err != nil {
 		t.Fatal(err)
 	}
