@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
@@ -19,33 +18,9 @@ import (
 // SetDeadline from another goroutine while ReadInto blocks deadlocks.
 const pollEvery = 200 * time.Millisecond
 
-// stopWait bounds how long Read, once cancelled, waits for a function stack
-// read under way.
-const stopWait = 15 * time.Second
-
 // Read calls fn for every event until ctx is done (then it returns nil) or
-// the session is closed (nil too). Calls of fn never overlap, and none comes
-// after Read returned.
+// the session is closed (nil too). fn runs on Read's goroutine.
 func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
-	var mu sync.Mutex
-	done := false
-	deliver := fn
-	emit := func(e event.Event) {
-		mu.Lock()
-		defer mu.Unlock()
-		if !done {
-			deliver(e)
-		}
-	}
-	refresh, stopRefresh := s.funcsRefresher(emit)
-	defer func() {
-		// A re-read asked for before the end is part of the recording.
-		stopRefresh()
-		mu.Lock()
-		done = true
-		mu.Unlock()
-	}()
-	fn = emit
 
 	var rec ringbuf.Record
 	draining := false
@@ -83,8 +58,14 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 			// read shows the stacks as they are now, which may be past this
 			// change already: a stack that lived shorter than the ring
 			// buffer's latency is not seen.
-			if s.funcsWhy == "" {
-				refresh(raw.Time)
+			// On the event path, in order: a read off it (tried) came
+			// late and out of order on 7.x under emulation, where
+			// naming a new module's functions rereads /proc/kallsyms
+			// for seconds, and a read folded many changes into one.
+			if s.funcsWhy == "" && raw.Time >= s.funcsReadAt {
+				for _, e := range s.funcEvents(false, raw.Time) {
+					fn(e)
+				}
 			}
 			continue
 		}
@@ -93,60 +74,6 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 			s.reportLost(fn)
 		}
 	}
-}
-
-// funcsRefresher re-reads the function stacks off the event path: a read
-// walks the kernel's lists and may symbolize a new module's functions, which
-// takes seconds under emulation, and a transition asks for several reads in a
-// burst. refresh never blocks; requests made while a read is pending or
-// running fold into one read after it. stop does the pending read, if any,
-// and returns when no read runs any more.
-func (s *Session) funcsRefresher(emit func(event.Event)) (refresh func(stamp uint64), stop func()) {
-	req := make(chan uint64, 1)
-	quit := make(chan struct{})
-	exited := make(chan struct{})
-	read := func(stamp uint64) {
-		// A change before the last read began is in what it read.
-		if stamp < s.funcsReadAt {
-			return
-		}
-		for _, e := range s.funcEvents(false, stamp) {
-			emit(e)
-		}
-	}
-	go func() {
-		defer close(exited)
-		for {
-			select {
-			case stamp := <-req:
-				read(stamp)
-			case <-quit:
-				select {
-				case stamp := <-req:
-					read(stamp)
-				default:
-				}
-				return
-			}
-		}
-	}()
-	refresh = func(stamp uint64) {
-		select {
-		case req <- stamp:
-		default:
-		}
-	}
-	stop = func() {
-		close(quit)
-		// A read may have to reread /proc/kallsyms for a new module's
-		// symbols: seconds under emulation. Past stopWait its events are
-		// dropped rather than hold the recording open.
-		select {
-		case <-exited:
-		case <-time.After(stopWait):
-		}
-	}
-	return refresh, stop
 }
 
 // finish adds what the kernel side leaves to user space.
