@@ -174,9 +174,11 @@ func TestStallBlockers(t *testing.T) {
 	}
 	b := tr.Blockers[0]
 	// Pending from klp_init_transition (10.0001 s) to the sweep that
-	// switched it (13.00102 s); the last failed check said "running".
-	if b.PID != 57 || b.Checks != 3 || b.BlockedNs != 13001020000-10000100000 || b.Reason != "running" ||
-		b.Switched == nil || b.SwitchPath != "sweep" || len(b.Stack) != 5 {
+	// switched it (13.00102 s). Two checks found it sleeping in
+	// busymod_work_func (2 s), the last one running (1 s): the report gives
+	// the longer stretch, with its stack.
+	if b.PID != 57 || b.Checks != 3 || b.BlockedNs != 13001020000-10000100000 || b.Reason != "sleeping_on_func" ||
+		b.Func != "busymod_work_func" || b.Switched == nil || b.SwitchPath != "sweep" || len(b.Stack) != 6 {
 		t.Fatalf("blocker %+v", b)
 	}
 	if b.FirstCheck.Wall != "2025-03-04T03:12:05.00102Z" || b.FirstCheck.Offset != 5.00102 {

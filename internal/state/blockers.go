@@ -14,10 +14,14 @@ import (
 type Blocker struct {
 	Key, PID, TGID int
 	Comm           string
-	// The last failed check.
+	// Reason and Func: the last failed check's while the transition runs;
+	// once it ended, those of the stretch that blocked the task longest (a
+	// kworker parked for seconds in a function, then seen running once on
+	// its way out, was held by the function).
 	Reason, Func string
 	// Stack is the last stack the recorder sent for the task (it sends one
-	// only when the reason or function changes).
+	// only when the reason or function changes), of that stretch once the
+	// transition ended.
 	Stack []string
 	// FirstCheck and LastCheck are the times of the first and last failed
 	// checks; Checks counts them.
@@ -37,6 +41,10 @@ type Blocker struct {
 	pendingFrom uint64 // start of the open pending period, valid while open
 	open        bool
 	segStart    uint64 // start of the open Segment
+	// The longest Segment so far, and its reason, function and stack.
+	longest              uint64
+	longReason, longFunc string
+	longStack            []string
 }
 
 // addBlocked closes the pending period at at; it saturates rather than wrap.
@@ -164,9 +172,6 @@ func (k *Tracker) check(e event.Event, now uint64) {
 		k.blockers[key] = b
 	}
 	b.TGID, b.Comm = t.TGID, t.Comm
-	if len(t.Stack) > 0 {
-		b.Stack = t.Stack
-	}
 	if b.Checks == 0 {
 		b.FirstCheck = now
 	}
@@ -179,15 +184,25 @@ func (k *Tracker) check(e event.Event, now uint64) {
 		k.segment(b, now, false)
 		b.segStart = now
 	}
+	// After closing the last stretch: its stack is the one it had.
+	if len(t.Stack) > 0 {
+		b.Stack = t.Stack
+	}
 	b.Reason, b.Func = t.Reason, t.Func
 	b.LastCheck = now
 	b.Checks++
 }
 
 func (k *Tracker) segment(b *Blocker, end uint64, open bool) {
-	if k.OnSegment != nil && b.Checks > 0 {
-		k.OnSegment(k.cur, b, Segment{Start: b.segStart, End: max(end, b.segStart),
-			Reason: b.Reason, Func: b.Func, Open: open})
+	if b.Checks == 0 {
+		return
+	}
+	seg := Segment{Start: b.segStart, End: max(end, b.segStart), Reason: b.Reason, Func: b.Func, Open: open}
+	if d := seg.End - seg.Start; d >= b.longest {
+		b.longest, b.longReason, b.longFunc, b.longStack = d, b.Reason, b.Func, b.Stack
+	}
+	if k.OnSegment != nil {
+		k.OnSegment(k.cur, b, seg)
 	}
 }
 
@@ -221,6 +236,12 @@ func (k *Tracker) end(tr *Transition, at uint64, unfinished bool) *Ended {
 			k.segment(b, at, true)
 			b.addBlocked(at)
 			b.open = false
+		}
+		if b.Checks > 0 {
+			b.Reason, b.Func = b.longReason, b.longFunc
+			if b.longStack != nil {
+				b.Stack = b.longStack
+			}
 		}
 		out.Blockers = append(out.Blockers, b)
 	}
