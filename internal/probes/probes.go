@@ -76,6 +76,10 @@ type Session struct {
 
 	lostSeen    uint64
 	lostChecked time.Time
+	// needStack: tasks sleeping on a function whose stack could not be
+	// read at the check that asked for it (it was running for a moment):
+	// read again at their next check.
+	needStack map[int]bool
 
 	funcsWhy    string
 	funcsMu     sync.Mutex

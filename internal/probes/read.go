@@ -92,9 +92,18 @@ func (s *Session) finish(raw rawEvent) event.Event {
 		// Kprobes hold no BTF task pointer, so bpf_get_task_stack() is out
 		// of reach there; the task is stuck, so its stack in /proc is the
 		// one the check saw. The idle tasks (pid 0) have no /proc entry.
-		if raw.wantStack && e.PID != 0 {
-			if st, err := sysfs.Stack(s.root, e.PID); err == nil && stackMatches(st, e) {
+		if e.Reason != event.ReasonSleeping {
+			delete(s.needStack, e.PID)
+		}
+		if (raw.wantStack || s.needStack[e.PID]) && e.PID != 0 {
+			if st, err := sysfs.Stack(s.root, e.PID); err == nil && len(st) > 0 && stackMatches(st, e) {
 				e.Stack = st
+				delete(s.needStack, e.PID)
+			} else if e.Reason == event.ReasonSleeping {
+				if s.needStack == nil {
+					s.needStack = make(map[int]bool)
+				}
+				s.needStack[e.PID] = true
 			}
 		}
 	}
