@@ -5,7 +5,6 @@ package guest
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -259,41 +258,19 @@ func foldPatchState(evs []event.Event, pid int, at uint64) int {
 // kworker and the function it sleeps in, and quits cleanly on q.
 func TestTUIStall(t *testing.T) {
 	needKlptop(t)
-	const sock = "klptop-e2e"
-	tmux := func(args ...string) (string, error) {
-		cmd := exec.Command("tmux", append([]string{"-L", sock}, args...)...)
-		cmd.Env = append(os.Environ(), "TERM=xterm-256color")
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-	rcFile := filepath.Join(t.TempDir(), "rc")
-	errFile := filepath.Join(outDir, "tui.stderr")
-	t.Cleanup(func() {
-		_, _ = tmux("kill-server")
-		unloadPatch(t, demoName, "test_klp_callbacks_demo", "test_klp_callbacks_busy")
-	})
+	tui := startTUI(t, "klptop-e2e", 120, 40, filepath.Join(outDir, "tui.stderr"))
+	t.Cleanup(func() { unloadPatch(t, demoName, "test_klp_callbacks_demo", "test_klp_callbacks_busy") })
 	shot := func(name, screen string) {
 		_ = os.WriteFile(filepath.Join(outDir, "tui-"+name+".txt"), []byte(screen), 0o644)
 	}
-	if out, err := tmux("-u", "new-session", "-d", "-x", "120", "-y", "40", "-s", "tui",
-		fmt.Sprintf("%s 2>%s; echo $? > %s", klptopBin, errFile, rcFile)); err != nil {
-		t.Fatalf("tmux new-session: %v %s", err, out)
-	}
-	capture := func() string {
-		out, _ := tmux("capture-pane", "-p", "-t", "tui")
-		return out
-	}
 	var screen string
 	waitFor(t, 60*time.Second, "klptop to draw", func() bool {
-		screen = capture()
-		return strings.TrimSpace(screen) != "" || fileExists(rcFile)
+		screen = tui.capture()
+		return strings.TrimSpace(screen) != "" || tui.exited()
 	})
-	if fileExists(rcFile) {
-		errOut, _ := os.ReadFile(errFile)
-		t.Fatalf("klptop exited at start (status %s): %s\n%s", readAttr(rcFile), errOut, screen)
-	}
+	tui.failIfExited(screen)
 	time.Sleep(2 * time.Second) // probes attached and the first frame drawn
-	shot("idle", capture())
+	shot("idle", tui.capture())
 
 	run(t, "modprobe", "test_klp_callbacks_busy", "block_transition=Y")
 	run(t, "modprobe", "test_klp_callbacks_demo")
@@ -305,7 +282,7 @@ func TestTUIStall(t *testing.T) {
 	pidRE := regexp.MustCompile(fmt.Sprintf(`\b%d\b`, kw[0]))
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		screen = capture()
+		screen = tui.capture()
 		if pidRE.MatchString(screen) && strings.Contains(screen, busyFunc) {
 			break
 		}
@@ -317,15 +294,7 @@ func TestTUIStall(t *testing.T) {
 	}
 	shot("stall", screen)
 	t.Logf("screen during the stall:\n%s", screen)
-
-	if out, err := tmux("send-keys", "-t", "tui", "q"); err != nil {
-		t.Fatalf("send-keys: %v %s", err, out)
-	}
-	waitFor(t, 15*time.Second, "klptop to quit on q", func() bool { return fileExists(rcFile) })
-	if rc := readAttr(rcFile); rc != "0" {
-		errOut, _ := os.ReadFile(errFile)
-		t.Errorf("klptop exited with status %s after q; stderr:\n%s", rc, errOut)
-	}
+	tui.quit()
 }
 
 func fileExists(p string) bool {

@@ -404,3 +404,67 @@ func btoi(b bool) int {
 	}
 	return 0
 }
+
+// tuiSession is klptop in a real terminal: a detached tmux session whose
+// screen the test reads and whose keys it types.
+type tuiSession struct {
+	t       *testing.T
+	sock    string
+	rcFile  string
+	errFile string
+}
+
+// startTUI runs klptop with args in a width x height tmux pane, its stderr
+// to errFile. The exit status is written to a temporary name and renamed, so
+// that the file appears only once it holds the status: a reader that saw
+// the file created by the shell's redirection, before the echo, read "".
+func startTUI(t *testing.T, sock string, width, height int, errFile string, args ...string) *tuiSession {
+	t.Helper()
+	s := &tuiSession{t: t, sock: sock, rcFile: filepath.Join(t.TempDir(), "rc"), errFile: errFile}
+	cmdline := klptopBin
+	for _, a := range args {
+		cmdline += " " + a
+	}
+	sh := fmt.Sprintf("%s 2>%s; echo $? > %s.tmp; mv %s.tmp %s", cmdline, errFile, s.rcFile, s.rcFile, s.rcFile)
+	if out, err := s.tmux("-u", "new-session", "-d", "-x", fmt.Sprint(width), "-y", fmt.Sprint(height), "-s", "tui", sh); err != nil {
+		t.Fatalf("tmux new-session: %v %s", err, out)
+	}
+	t.Cleanup(func() { _, _ = s.tmux("kill-server") })
+	return s
+}
+
+func (s *tuiSession) tmux(args ...string) (string, error) {
+	cmd := exec.Command("tmux", append([]string{"-L", s.sock}, args...)...)
+	cmd.Env = append(os.Environ(), "TERM=xterm-256color")
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (s *tuiSession) capture() string {
+	out, _ := s.tmux("capture-pane", "-p", "-t", "tui")
+	return out
+}
+
+func (s *tuiSession) exited() bool { return fileExists(s.rcFile) }
+
+// failIfExited stops the test when klptop is gone before it was asked to go.
+func (s *tuiSession) failIfExited(screen string) {
+	s.t.Helper()
+	if s.exited() {
+		errOut, _ := os.ReadFile(s.errFile)
+		s.t.Fatalf("klptop exited at start (status %s): %s\n%s", readAttr(s.rcFile), errOut, screen)
+	}
+}
+
+// quit types q and wants klptop gone within 15s with status 0.
+func (s *tuiSession) quit() {
+	s.t.Helper()
+	if out, err := s.tmux("send-keys", "-t", "tui", "q"); err != nil {
+		s.t.Fatalf("send-keys: %v %s", err, out)
+	}
+	waitFor(s.t, 15*time.Second, "klptop to quit on q", s.exited)
+	if rc := readAttr(s.rcFile); rc != "0" {
+		errOut, _ := os.ReadFile(s.errFile)
+		s.t.Errorf("klptop exited with status %q after q; stderr:\n%s", rc, errOut)
+	}
+}

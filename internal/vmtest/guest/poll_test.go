@@ -263,36 +263,14 @@ func TestPollStall(t *testing.T) {
 // still shows the stuck kworker and the function it sleeps in.
 func TestPollTUI(t *testing.T) {
 	needKlptop(t)
-	const sock = "klptop-poll"
-	tmux := func(args ...string) (string, error) {
-		cmd := exec.Command("tmux", append([]string{"-L", sock}, args...)...)
-		cmd.Env = append(os.Environ(), "TERM=xterm-256color")
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-	rcFile := filepath.Join(t.TempDir(), "rc")
-	errFile := filepath.Join(outDir, "tui-poll.stderr")
-	t.Cleanup(func() {
-		_, _ = tmux("kill-server")
-		unloadPatch(t, demoName, "test_klp_callbacks_demo", busyModule)
-	})
-	if out, err := tmux("-u", "new-session", "-d", "-x", "140", "-y", "40", "-s", "tui",
-		fmt.Sprintf("%s --backend poll 2>%s; echo $? > %s", klptopBin, errFile, rcFile)); err != nil {
-		t.Fatalf("tmux new-session: %v %s", err, out)
-	}
-	capture := func() string {
-		out, _ := tmux("capture-pane", "-p", "-t", "tui")
-		return out
-	}
+	tui := startTUI(t, "klptop-poll", 140, 40, filepath.Join(outDir, "tui-poll.stderr"), "--backend", "poll")
+	t.Cleanup(func() { unloadPatch(t, demoName, "test_klp_callbacks_demo", busyModule) })
 	var screen string
 	waitFor(t, 30*time.Second, "klptop to draw", func() bool {
-		screen = capture()
-		return strings.Contains(screen, "PATCHES") || fileExists(rcFile)
+		screen = tui.capture()
+		return strings.Contains(screen, "PATCHES") || tui.exited()
 	})
-	if fileExists(rcFile) {
-		errOut, _ := os.ReadFile(errFile)
-		t.Fatalf("klptop exited at start (status %s): %s\n%s", readAttr(rcFile), errOut, screen)
-	}
+	tui.failIfExited(screen)
 	if !strings.Contains(screen, "degraded: no BPF, polling sysfs and /proc every 250ms") {
 		t.Errorf("no degraded label on the screen:\n%s", screen)
 	}
@@ -307,7 +285,7 @@ func TestPollTUI(t *testing.T) {
 	pidRE := regexp.MustCompile(fmt.Sprintf(`\b%d\b`, kw[0]))
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		screen = capture()
+		screen = tui.capture()
 		if pidRE.MatchString(screen) && strings.Contains(screen, "sleeping on "+busyFunc) &&
 			strings.Contains(screen, "sweeps not observable") {
 			break
@@ -322,7 +300,7 @@ func TestPollTUI(t *testing.T) {
 
 	writeAttr(t, "/sys/module/"+busyModule+"/parameters/block_transition", "0")
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(300 * time.Millisecond) {
-		screen = capture()
+		screen = tui.capture()
 		if strings.Contains(screen, "none in progress; last: "+demoName+" patching complete") {
 			break
 		}
@@ -331,12 +309,5 @@ func TestPollTUI(t *testing.T) {
 				readAttr(demoLP+"/transition"), screen)
 		}
 	}
-	if _, err := tmux("send-keys", "-t", "tui", "q"); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 15*time.Second, "klptop to quit on q", func() bool { return fileExists(rcFile) })
-	if rc := readAttr(rcFile); rc != "0" {
-		errOut, _ := os.ReadFile(errFile)
-		t.Errorf("klptop exited with status %s after q; stderr:\n%s", rc, errOut)
-	}
+	tui.quit()
 }
