@@ -8,6 +8,13 @@
  * resolves the symbols at run time; the SEC() names only give the program type.
  * klp_ftrace_handler and the callback lookups are deliberately absent: they run
  * on hot paths (every call of a patched function, kallsyms walks).
+ *
+ * Every probe's logic is one static __always_inline body with two entry
+ * points: a kprobe/kretprobe program and an fentry/fexit twin of the same
+ * name with an "fentry_"/"fexit_" prefix. User space loads one of the two per
+ * probe (fentry where the function has BTF and the kernel accepts it), so
+ * both must behave alike: the fexit twins read the entry's arguments from
+ * the same stash maps as the kretprobes, not from their own context.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -158,6 +165,14 @@ static __always_inline int emit_simple(__u32 type)
 	return 0;
 }
 
+/* The return value of the function under an fexit program. */
+static __always_inline __u64 fexit_ret(void *ctx)
+{
+	__u64 ret = 0;
+	bpf_get_func_ret(ctx, &ret);
+	return ret;
+}
+
 /* Bound of a patch's klp_state array (klp_for_each_state stops at id 0). */
 #define MAX_STATES 16
 
@@ -166,8 +181,7 @@ static __always_inline struct klp_state *state_at(struct klp_state *states, __u3
 	return (void *)states + i * bpf_core_type_size(struct klp_state);
 }
 
-SEC("kprobe/klp_enable_patch")
-int BPF_KPROBE(klp_enable_patch, struct klp_patch *patch)
+static __always_inline int enable_patch(struct klp_patch *patch)
 {
 	struct event *e = reserve(EV_PATCH_ENABLE);
 	if (!e)
@@ -203,8 +217,19 @@ int BPF_KPROBE(klp_enable_patch, struct klp_patch *patch)
 	return 0;
 }
 
-SEC("kprobe/klp_init_transition")
-int BPF_KPROBE(klp_init_transition, struct klp_patch *patch, int state)
+SEC("kprobe/klp_enable_patch")
+int BPF_KPROBE(klp_enable_patch, struct klp_patch *patch)
+{
+	return enable_patch(patch);
+}
+
+SEC("fentry/klp_enable_patch")
+int BPF_PROG(fentry_klp_enable_patch, struct klp_patch *patch)
+{
+	return enable_patch(patch);
+}
+
+static __always_inline int init_transition(struct klp_patch *patch, int state)
 {
 	BPF_CORE_READ_STR_INTO(&cur_patch, patch, mod, name);
 	cur_target = state;
@@ -218,8 +243,26 @@ int BPF_KPROBE(klp_init_transition, struct klp_patch *patch, int state)
 	return 0;
 }
 
+SEC("kprobe/klp_init_transition")
+int BPF_KPROBE(klp_init_transition, struct klp_patch *patch, int state)
+{
+	return init_transition(patch, state);
+}
+
+SEC("fentry/klp_init_transition")
+int BPF_PROG(fentry_klp_init_transition, struct klp_patch *patch, int state)
+{
+	return init_transition(patch, state);
+}
+
 SEC("kprobe/klp_start_transition")
 int BPF_KPROBE(klp_start_transition)
+{
+	return emit_simple(EV_TRANSITION_START);
+}
+
+SEC("fentry/klp_start_transition")
+int BPF_PROG(fentry_klp_start_transition)
 {
 	return emit_simple(EV_TRANSITION_START);
 }
@@ -235,8 +278,13 @@ int BPF_KRETPROBE(klp_complete_transition)
 	return emit_simple(EV_TRANSITION_COMPLETE);
 }
 
-SEC("kprobe/klp_reverse_transition")
-int BPF_KPROBE(klp_reverse_transition)
+SEC("fexit/klp_complete_transition")
+int BPF_PROG(fexit_klp_complete_transition)
+{
+	return emit_simple(EV_TRANSITION_COMPLETE);
+}
+
+static __always_inline int reverse_transition(void)
 {
 	/* The kernel flips klp_target_state inside; report the new target. */
 	if (cur_target == 0 || cur_target == 1)
@@ -245,8 +293,26 @@ int BPF_KPROBE(klp_reverse_transition)
 	return emit_simple(EV_TRANSITION_REVERSE);
 }
 
+SEC("kprobe/klp_reverse_transition")
+int BPF_KPROBE(klp_reverse_transition)
+{
+	return reverse_transition();
+}
+
+SEC("fentry/klp_reverse_transition")
+int BPF_PROG(fentry_klp_reverse_transition)
+{
+	return reverse_transition();
+}
+
 SEC("kprobe/klp_cancel_transition")
 int BPF_KPROBE(klp_cancel_transition)
+{
+	return emit_simple(EV_TRANSITION_CANCEL);
+}
+
+SEC("fentry/klp_cancel_transition")
+int BPF_PROG(fentry_klp_cancel_transition)
 {
 	return emit_simple(EV_TRANSITION_CANCEL);
 }
@@ -257,8 +323,13 @@ int BPF_KPROBE(klp_force_transition)
 	return emit_simple(EV_TRANSITION_FORCE);
 }
 
-SEC("kprobe/klp_try_complete_transition")
-int BPF_KPROBE(klp_try_complete_transition)
+SEC("fentry/klp_force_transition")
+int BPF_PROG(fentry_klp_force_transition)
+{
+	return emit_simple(EV_TRANSITION_FORCE);
+}
+
+static __always_inline int sweep_start(void)
 {
 	sweep_task = bpf_get_current_task();
 	sweep_start_ns = bpf_ktime_get_ns();
@@ -267,8 +338,19 @@ int BPF_KPROBE(klp_try_complete_transition)
 	return emit_simple(EV_SWEEP_START);
 }
 
-SEC("kretprobe/klp_try_complete_transition")
-int BPF_KRETPROBE(klp_try_complete_transition_ret)
+SEC("kprobe/klp_try_complete_transition")
+int BPF_KPROBE(klp_try_complete_transition)
+{
+	return sweep_start();
+}
+
+SEC("fentry/klp_try_complete_transition")
+int BPF_PROG(fentry_klp_try_complete_transition)
+{
+	return sweep_start();
+}
+
+static __always_inline int sweep_end(void)
 {
 	struct event *e = reserve(EV_SWEEP_END);
 	if (!e)
@@ -284,8 +366,19 @@ int BPF_KRETPROBE(klp_try_complete_transition_ret)
 	return 0;
 }
 
-SEC("kprobe/klp_check_and_switch_task")
-int BPF_KPROBE(klp_check_and_switch_task, struct task_struct *task, void *arg)
+SEC("kretprobe/klp_try_complete_transition")
+int BPF_KRETPROBE(klp_try_complete_transition_ret)
+{
+	return sweep_end();
+}
+
+SEC("fexit/klp_try_complete_transition")
+int BPF_PROG(fexit_klp_try_complete_transition_ret)
+{
+	return sweep_end();
+}
+
+static __always_inline int check_entry(struct task_struct *task, void *arg)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct check_args a = { .task = (__u64)task, .oldname = (__u64)arg };
@@ -293,8 +386,19 @@ int BPF_KPROBE(klp_check_and_switch_task, struct task_struct *task, void *arg)
 	return 0;
 }
 
-SEC("kretprobe/klp_check_and_switch_task")
-int BPF_KRETPROBE(klp_check_and_switch_task_ret, long rc)
+SEC("kprobe/klp_check_and_switch_task")
+int BPF_KPROBE(klp_check_and_switch_task, struct task_struct *task, void *arg)
+{
+	return check_entry(task, arg);
+}
+
+SEC("fentry/klp_check_and_switch_task")
+int BPF_PROG(fentry_klp_check_and_switch_task, struct task_struct *task, void *arg)
+{
+	return check_entry(task, arg);
+}
+
+static __always_inline int check_return(long rc)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct check_args *ap = bpf_map_lookup_elem(&check_stash, &id);
@@ -367,14 +471,25 @@ int BPF_KRETPROBE(klp_check_and_switch_task_ret, long rc)
 	return 0;
 }
 
+SEC("kretprobe/klp_check_and_switch_task")
+int BPF_KRETPROBE(klp_check_and_switch_task_ret, long rc)
+{
+	return check_return(rc);
+}
+
+SEC("fexit/klp_check_and_switch_task")
+int BPF_PROG(fexit_klp_check_and_switch_task_ret)
+{
+	return check_return((long)fexit_ret(ctx));
+}
+
 /*
  * __klp_sched_try_switch(): a task checking itself from cond_resched()
  * (6.4-6.15) or __schedule() (6.16+). Only while its patch is pending does
  * it call klp_try_switch_task(current); the mark tells that check from a
  * sweep's.
  */
-SEC("kprobe/__klp_sched_try_switch")
-int BPF_KPROBE(klp_sched_try_switch)
+static __always_inline int sched_try_entry(void)
 {
 	__u64 cur = bpf_get_current_task();
 	__u8 one = 1;
@@ -382,12 +497,35 @@ int BPF_KPROBE(klp_sched_try_switch)
 	return 0;
 }
 
-SEC("kretprobe/__klp_sched_try_switch")
-int BPF_KRETPROBE(klp_sched_try_switch_ret)
+static __always_inline int sched_try_return(void)
 {
 	__u64 cur = bpf_get_current_task();
 	bpf_map_delete_elem(&in_sched_try, &cur);
 	return 0;
+}
+
+SEC("kprobe/__klp_sched_try_switch")
+int BPF_KPROBE(klp_sched_try_switch)
+{
+	return sched_try_entry();
+}
+
+SEC("fentry/__klp_sched_try_switch")
+int BPF_PROG(fentry_klp_sched_try_switch)
+{
+	return sched_try_entry();
+}
+
+SEC("kretprobe/__klp_sched_try_switch")
+int BPF_KRETPROBE(klp_sched_try_switch_ret)
+{
+	return sched_try_return();
+}
+
+SEC("fexit/__klp_sched_try_switch")
+int BPF_PROG(fexit_klp_sched_try_switch_ret)
+{
+	return sched_try_return();
 }
 
 /*
@@ -400,8 +538,7 @@ int BPF_KRETPROBE(klp_sched_try_switch_ret)
  * set_notify_signal() skips the wake-up when TIF_NOTIFY_SIGNAL is still set
  * from a previous round: such a signal is not seen.
  */
-SEC("kprobe/wake_up_state")
-int BPF_KPROBE(klp_signal, struct task_struct *task, unsigned int state)
+static __always_inline int signal_sent(struct task_struct *task, unsigned int state)
 {
 	if (!sweep_task || bpf_get_current_task() != sweep_task)
 		return 0;
@@ -417,8 +554,19 @@ int BPF_KPROBE(klp_signal, struct task_struct *task, unsigned int state)
 	return 0;
 }
 
-SEC("kprobe/klp_update_patch_state")
-int BPF_KPROBE(klp_update_patch_state, struct task_struct *task)
+SEC("kprobe/wake_up_state")
+int BPF_KPROBE(klp_signal, struct task_struct *task, unsigned int state)
+{
+	return signal_sent(task, state);
+}
+
+SEC("fentry/wake_up_state")
+int BPF_PROG(fentry_klp_signal, struct task_struct *task, unsigned int state)
+{
+	return signal_sent(task, state);
+}
+
+static __always_inline int update_entry(struct task_struct *task)
 {
 	if (!bpf_core_field_exists(task->patch_state))
 		return 0;
@@ -428,9 +576,20 @@ int BPF_KPROBE(klp_update_patch_state, struct task_struct *task)
 	return 0;
 }
 
+SEC("kprobe/klp_update_patch_state")
+int BPF_KPROBE(klp_update_patch_state, struct task_struct *task)
+{
+	return update_entry(task);
+}
+
+SEC("fentry/klp_update_patch_state")
+int BPF_PROG(fentry_klp_update_patch_state, struct task_struct *task)
+{
+	return update_entry(task);
+}
+
 /* Every caller passes current: the return probe finds the task again by it. */
-SEC("kretprobe/klp_update_patch_state")
-int BPF_KRETPROBE(klp_update_patch_state_ret)
+static __always_inline int update_return(void)
 {
 	__u64 key = bpf_get_current_task();
 	__s32 *before = bpf_map_lookup_elem(&update_stash, &key);
@@ -453,12 +612,23 @@ int BPF_KRETPROBE(klp_update_patch_state_ret)
 	return 0;
 }
 
+SEC("kretprobe/klp_update_patch_state")
+int BPF_KRETPROBE(klp_update_patch_state_ret)
+{
+	return update_return();
+}
+
+SEC("fexit/klp_update_patch_state")
+int BPF_PROG(fexit_klp_update_patch_state_ret)
+{
+	return update_return();
+}
+
 /*
  * Called on every fork, transition or not: report only forks during a
  * transition, where the child inherits a state other than idle.
  */
-SEC("kprobe/klp_copy_process")
-int BPF_KPROBE(klp_copy_process, struct task_struct *child)
+static __always_inline int copy_process(struct task_struct *child)
 {
 	struct task_struct *parent = (struct task_struct *)bpf_get_current_task();
 	int st = task_patch_state(parent);
@@ -475,6 +645,18 @@ int BPF_KPROBE(klp_copy_process, struct task_struct *child)
 	e->path = PATH_FORK;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
+}
+
+SEC("kprobe/klp_copy_process")
+int BPF_KPROBE(klp_copy_process, struct task_struct *child)
+{
+	return copy_process(child);
+}
+
+SEC("fentry/klp_copy_process")
+int BPF_PROG(fentry_klp_copy_process, struct task_struct *child)
+{
+	return copy_process(child);
 }
 
 /* Scratch for the iterator's record: too big for the 512-byte BPF stack. */
@@ -527,6 +709,11 @@ int snapshot_tasks(struct bpf_iter__task *ctx)
 #define FUNCS_CHANGED(fn)                                 \
 	SEC("kretprobe/" #fn)                             \
 	int BPF_KRETPROBE(funcs_changed_##fn)             \
+	{                                                 \
+		return emit_simple(EV_FUNCS_CHANGED);     \
+	}                                                 \
+	SEC("fexit/" #fn)                                 \
+	int BPF_PROG(fexit_funcs_changed_##fn)            \
 	{                                                 \
 		return emit_simple(EV_FUNCS_CHANGED);     \
 	}
@@ -917,7 +1104,10 @@ static __always_inline bool shadow_exists(__u64 obj, __u64 id)
  * buckets and their chains. Its state lives in a map value, not on the
  * stack: the verifier (6.12) tracks stack counters exactly through every
  * callback round and gives up; a map value is opaque to it. Kprobe programs
- * do not nest on a CPU, so one per-CPU slot is enough.
+ * do not nest on a CPU, so one per-CPU slot is enough. The fentry twin runs
+ * preemptible (migration disabled only), but the kernel's per-program
+ * recursion guard skips a second run on the same CPU instead of letting it
+ * share the slot.
  */
 struct sweep_all {
 	__u64 pos; /* hlist_node, 0: go to the next bucket */
@@ -970,9 +1160,14 @@ int BPF_KPROBE(shadow_alloc, void *obj, unsigned long id)
 	return shadow_stash_entry(id, 0);
 }
 
+SEC("fentry/klp_shadow_alloc")
+int BPF_PROG(fentry_shadow_alloc, void *obj, unsigned long id)
+{
+	return shadow_stash_entry(id, 0);
+}
+
 /* Returns NULL when (obj, id) already exists or the allocation failed. */
-SEC("kretprobe/klp_shadow_alloc")
-int BPF_KRETPROBE(shadow_alloc_ret, void *ret)
+static __always_inline int shadow_alloc_return(void *ret)
 {
 	__u64 key = bpf_get_current_pid_tgid();
 	struct shadow_args *a = bpf_map_lookup_elem(&shadow_stash, &key);
@@ -989,14 +1184,31 @@ int BPF_KRETPROBE(shadow_alloc_ret, void *ret)
 	return 0;
 }
 
+SEC("kretprobe/klp_shadow_alloc")
+int BPF_KRETPROBE(shadow_alloc_ret, void *ret)
+{
+	return shadow_alloc_return(ret);
+}
+
+SEC("fexit/klp_shadow_alloc")
+int BPF_PROG(fexit_shadow_alloc_ret)
+{
+	return shadow_alloc_return((void *)fexit_ret(ctx));
+}
+
 SEC("kprobe/klp_shadow_get_or_alloc")
 int BPF_KPROBE(shadow_get_or_alloc, void *obj, unsigned long id)
 {
 	return shadow_stash_entry(id, shadow_exists((__u64)obj, id));
 }
 
-SEC("kretprobe/klp_shadow_get_or_alloc")
-int BPF_KRETPROBE(shadow_get_or_alloc_ret, void *ret)
+SEC("fentry/klp_shadow_get_or_alloc")
+int BPF_PROG(fentry_shadow_get_or_alloc, void *obj, unsigned long id)
+{
+	return shadow_stash_entry(id, shadow_exists((__u64)obj, id));
+}
+
+static __always_inline int shadow_get_or_alloc_return(void *ret)
 {
 	__u64 key = bpf_get_current_pid_tgid();
 	struct shadow_args *a = bpf_map_lookup_elem(&shadow_stash, &key);
@@ -1013,8 +1225,19 @@ int BPF_KRETPROBE(shadow_get_or_alloc_ret, void *ret)
 	return 0;
 }
 
-SEC("kprobe/klp_shadow_free")
-int BPF_KPROBE(shadow_free, void *obj, unsigned long id)
+SEC("kretprobe/klp_shadow_get_or_alloc")
+int BPF_KRETPROBE(shadow_get_or_alloc_ret, void *ret)
+{
+	return shadow_get_or_alloc_return(ret);
+}
+
+SEC("fexit/klp_shadow_get_or_alloc")
+int BPF_PROG(fexit_shadow_get_or_alloc_ret)
+{
+	return shadow_get_or_alloc_return((void *)fexit_ret(ctx));
+}
+
+static __always_inline int shadow_free_body(void *obj, unsigned long id)
 {
 	bool found = shadow_exists((__u64)obj, id);
 	struct shadow_count *c = shadow_count_of(id);
@@ -1026,8 +1249,19 @@ int BPF_KPROBE(shadow_free, void *obj, unsigned long id)
 	return 0;
 }
 
-SEC("kprobe/klp_shadow_free_all")
-int BPF_KPROBE(shadow_free_all, unsigned long id)
+SEC("kprobe/klp_shadow_free")
+int BPF_KPROBE(shadow_free, void *obj, unsigned long id)
+{
+	return shadow_free_body(obj, id);
+}
+
+SEC("fentry/klp_shadow_free")
+int BPF_PROG(fentry_shadow_free, void *obj, unsigned long id)
+{
+	return shadow_free_body(obj, id);
+}
+
+static __always_inline int shadow_free_all_body(unsigned long id)
 {
 	__u32 zero = 0;
 	struct sweep_all *w = bpf_map_lookup_elem(&sweep_scratch, &zero);
@@ -1044,6 +1278,18 @@ int BPF_KPROBE(shadow_free_all, unsigned long id)
 	if (found)
 		__sync_fetch_and_add(&c->frees, found);
 	return 0;
+}
+
+SEC("kprobe/klp_shadow_free_all")
+int BPF_KPROBE(shadow_free_all, unsigned long id)
+{
+	return shadow_free_all_body(id);
+}
+
+SEC("fentry/klp_shadow_free_all")
+int BPF_PROG(fentry_shadow_free_all, unsigned long id)
+{
+	return shadow_free_all_body(id);
 }
 
 /*
@@ -1068,8 +1314,20 @@ int BPF_KPROBE(klp_module_coming, struct module *mod)
 	return emit_module(EV_MODULE_COMING, mod);
 }
 
+SEC("fentry/klp_module_coming")
+int BPF_PROG(fentry_klp_module_coming, struct module *mod)
+{
+	return emit_module(EV_MODULE_COMING, mod);
+}
+
 SEC("kprobe/klp_module_going")
 int BPF_KPROBE(klp_module_going, struct module *mod)
+{
+	return emit_module(EV_MODULE_GOING, mod);
+}
+
+SEC("fentry/klp_module_going")
+int BPF_PROG(fentry_klp_module_going, struct module *mod)
 {
 	return emit_module(EV_MODULE_GOING, mod);
 }
@@ -1107,8 +1365,20 @@ int BPF_KPROBE(klp_module_apply, struct klp_object *obj)
 	return emit_module_obj(EV_MODULE_APPLY, obj, MODULE_STATE_COMING);
 }
 
+SEC("fentry/klp_patch_object")
+int BPF_PROG(fentry_klp_module_apply, struct klp_object *obj)
+{
+	return emit_module_obj(EV_MODULE_APPLY, obj, MODULE_STATE_COMING);
+}
+
 SEC("kprobe/klp_unpatch_object")
 int BPF_KPROBE(klp_module_revert, struct klp_object *obj)
+{
+	return emit_module_obj(EV_MODULE_REVERT, obj, MODULE_STATE_GOING);
+}
+
+SEC("fentry/klp_unpatch_object")
+int BPF_PROG(fentry_klp_module_revert, struct klp_object *obj)
 {
 	return emit_module_obj(EV_MODULE_REVERT, obj, MODULE_STATE_GOING);
 }
@@ -1127,8 +1397,7 @@ static __always_inline int emit_patch(__u32 type, struct klp_patch *p)
  * klp_unpatch_replaced_patches(new): every patch below new on klp_patches
  * is disabled and unpatched. Named here, from the kernel's list.
  */
-SEC("kprobe/klp_unpatch_replaced_patches")
-int BPF_KPROBE(klp_unpatch_replaced_patches, struct klp_patch *new_patch)
+static __always_inline int unpatch_replaced(struct klp_patch *new_patch)
 {
 	emit_patch(EV_PATCH_REPLACE, new_patch);
 	if (!klp_patches_addr)
@@ -1147,8 +1416,26 @@ int BPF_KPROBE(klp_unpatch_replaced_patches, struct klp_patch *new_patch)
 	return 0;
 }
 
+SEC("kprobe/klp_unpatch_replaced_patches")
+int BPF_KPROBE(klp_unpatch_replaced_patches, struct klp_patch *new_patch)
+{
+	return unpatch_replaced(new_patch);
+}
+
+SEC("fentry/klp_unpatch_replaced_patches")
+int BPF_PROG(fentry_klp_unpatch_replaced_patches, struct klp_patch *new_patch)
+{
+	return unpatch_replaced(new_patch);
+}
+
 SEC("kprobe/klp_discard_nops")
 int BPF_KPROBE(klp_discard_nops, struct klp_patch *new_patch)
+{
+	return emit_patch(EV_NOPS_DISCARD, new_patch);
+}
+
+SEC("fentry/klp_discard_nops")
+int BPF_PROG(fentry_klp_discard_nops, struct klp_patch *new_patch)
 {
 	return emit_patch(EV_NOPS_DISCARD, new_patch);
 }
@@ -1159,8 +1446,20 @@ int BPF_KPROBE(klp_free_patch_async, struct klp_patch *patch)
 	return emit_patch(EV_PATCH_FREE, patch);
 }
 
+SEC("fentry/klp_free_patch_async")
+int BPF_PROG(fentry_klp_free_patch_async, struct klp_patch *patch)
+{
+	return emit_patch(EV_PATCH_FREE, patch);
+}
+
 SEC("kprobe/klp_free_replaced_patches_async")
 int BPF_KPROBE(klp_free_replaced_patches_async, struct klp_patch *new_patch)
+{
+	return emit_patch(EV_REPLACED_FREE, new_patch);
+}
+
+SEC("fentry/klp_free_replaced_patches_async")
+int BPF_PROG(fentry_klp_free_replaced_patches_async, struct klp_patch *new_patch)
 {
 	return emit_patch(EV_REPLACED_FREE, new_patch);
 }

@@ -37,6 +37,13 @@ func notes(info probes.Info) []string {
 		}
 		n = append(n, "not observable here: "+strings.Join(m, ", "))
 	}
+	if len(info.Fallback) > 0 {
+		var m []string
+		for _, x := range info.Fallback {
+			m = append(m, x.Symbol+" ("+x.Why+")")
+		}
+		n = append(n, "kprobes instead of fentry: "+strings.Join(m, ", "))
+	}
 	if info.FuncsWhy != "" {
 		n = append(n, "function stacks not observable here: "+info.FuncsWhy)
 	}
@@ -66,6 +73,9 @@ func header(info probes.Info, command []string) trace.Header {
 	h.Attached = info.Attached
 	for _, m := range info.Missing {
 		h.Missing = append(h.Missing, trace.Missing{Symbol: m.Symbol, Why: m.Why})
+	}
+	for _, m := range info.Fallback {
+		h.Fallback = append(h.Fallback, trace.Missing{Symbol: m.Symbol, Why: m.Why})
 	}
 	h.Command = command
 	return h

@@ -25,7 +25,7 @@ type source interface {
 	Close() error
 }
 
-const backendHelp = "event source: auto, kprobe-multi, kprobe (BPF), or poll (no BPF: sysfs and /proc; auto falls back to it when BPF or kprobes are not usable)"
+const backendHelp = "event source: auto, fentry, kprobe-multi, kprobe (BPF), or poll (no BPF: sysfs and /proc; auto falls back to it when BPF or kprobes are not usable)"
 
 const minPollInterval = 10 * time.Millisecond
 

@@ -27,7 +27,7 @@ func TestFuncsIteratorWithoutLivepatchBTF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	coll, err := newCollection(spec, map[string]bool{funcsProg: true})
+	coll, err := newCollection(spec, map[string]bool{funcsProg: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestLoadCollectionDropsRejected(t *testing.T) {
 	for _, p := range probes {
 		keep[p.prog] = true
 	}
-	coll, _, _, rejected, err := loadCollection(spec, keep, "")
+	coll, _, _, rejected, err := loadCollection(spec, keep, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -94,80 +94,120 @@ type klptopTaskOut struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	klptopMapCheckStash                         = "check_stash"
-	klptopMapEvents                             = "events"
-	klptopMapFuncRecs                           = "func_recs"
-	klptopMapInSchedTry                         = "in_sched_try"
-	klptopMapIterScratch                        = "iter_scratch"
-	klptopMapLastChecks                         = "last_checks"
-	klptopMapLost                               = "lost"
-	klptopMapShadowCounts                       = "shadow_counts"
-	klptopMapShadowStash                        = "shadow_stash"
-	klptopMapStateRecs                          = "state_recs"
-	klptopMapSweepScratch                       = "sweep_scratch"
-	klptopMapUpdateStash                        = "update_stash"
-	klptopProgFuncsChangedKlpCancelTransition   = "funcs_changed_klp_cancel_transition"
-	klptopProgFuncsChangedKlpCompleteTransition = "funcs_changed_klp_complete_transition"
-	klptopProgFuncsChangedKlpDiscardNops        = "funcs_changed_klp_discard_nops"
-	klptopProgFuncsChangedKlpModuleComing       = "funcs_changed_klp_module_coming"
-	klptopProgFuncsChangedKlpModuleGoing        = "funcs_changed_klp_module_going"
-	klptopProgFuncsChangedKlpPatchObject        = "funcs_changed_klp_patch_object"
-	klptopProgFuncsChangedKlpReverseTransition  = "funcs_changed_klp_reverse_transition"
-	klptopProgFuncsChangedKlpStartTransition    = "funcs_changed_klp_start_transition"
-	klptopProgFuncsChangedKlpUnpatchObjects     = "funcs_changed_klp_unpatch_objects"
-	klptopProgKlpCancelTransition               = "klp_cancel_transition"
-	klptopProgKlpCheckAndSwitchTask             = "klp_check_and_switch_task"
-	klptopProgKlpCheckAndSwitchTaskRet          = "klp_check_and_switch_task_ret"
-	klptopProgKlpCompleteTransition             = "klp_complete_transition"
-	klptopProgKlpCopyProcess                    = "klp_copy_process"
-	klptopProgKlpDiscardNops                    = "klp_discard_nops"
-	klptopProgKlpEnablePatch                    = "klp_enable_patch"
-	klptopProgKlpForceTransition                = "klp_force_transition"
-	klptopProgKlpFreePatchAsync                 = "klp_free_patch_async"
-	klptopProgKlpFreeReplacedPatchesAsync       = "klp_free_replaced_patches_async"
-	klptopProgKlpInitTransition                 = "klp_init_transition"
-	klptopProgKlpModuleApply                    = "klp_module_apply"
-	klptopProgKlpModuleComing                   = "klp_module_coming"
-	klptopProgKlpModuleGoing                    = "klp_module_going"
-	klptopProgKlpModuleRevert                   = "klp_module_revert"
-	klptopProgKlpReverseTransition              = "klp_reverse_transition"
-	klptopProgKlpSchedTrySwitch                 = "klp_sched_try_switch"
-	klptopProgKlpSchedTrySwitchRet              = "klp_sched_try_switch_ret"
-	klptopProgKlpSignal                         = "klp_signal"
-	klptopProgKlpStartTransition                = "klp_start_transition"
-	klptopProgKlpTryCompleteTransition          = "klp_try_complete_transition"
-	klptopProgKlpTryCompleteTransitionRet       = "klp_try_complete_transition_ret"
-	klptopProgKlpUnpatchReplacedPatches         = "klp_unpatch_replaced_patches"
-	klptopProgKlpUpdatePatchState               = "klp_update_patch_state"
-	klptopProgKlpUpdatePatchStateRet            = "klp_update_patch_state_ret"
-	klptopProgShadowAlloc                       = "shadow_alloc"
-	klptopProgShadowAllocRet                    = "shadow_alloc_ret"
-	klptopProgShadowFree                        = "shadow_free"
-	klptopProgShadowFreeAll                     = "shadow_free_all"
-	klptopProgShadowGetOrAlloc                  = "shadow_get_or_alloc"
-	klptopProgShadowGetOrAllocRet               = "shadow_get_or_alloc_ret"
-	klptopProgSnapshotFuncs                     = "snapshot_funcs"
-	klptopProgSnapshotStates                    = "snapshot_states"
-	klptopProgSnapshotTasks                     = "snapshot_tasks"
-	klptopVarCurPatch                           = "cur_patch"
-	klptopVarCurTarget                          = "cur_target"
-	klptopVarKlpMutexAddr                       = "klp_mutex_addr"
-	klptopVarKlpOpsAddr                         = "klp_ops_addr"
-	klptopVarKlpPatchesAddr                     = "klp_patches_addr"
-	klptopVarKlpShadowHashAddr                  = "klp_shadow_hash_addr"
-	klptopVarSchedInSchedule                    = "sched_in_schedule"
-	klptopVarSweepChecked                       = "sweep_checked"
-	klptopVarSweepPending                       = "sweep_pending"
-	klptopVarSweepProbed                        = "sweep_probed"
-	klptopVarSweepStartNs                       = "sweep_start_ns"
-	klptopVarSweepTask                          = "sweep_task"
-	klptopVarTransitionGen                      = "transition_gen"
-	klptopVarUnusedEvent                        = "unused_event"
-	klptopVarUnusedFuncRec                      = "unused_func_rec"
-	klptopVarUnusedFuncsOut                     = "unused_funcs_out"
-	klptopVarUnusedShadowCount                  = "unused_shadow_count"
-	klptopVarUnusedStateRec                     = "unused_state_rec"
-	klptopVarUnusedTaskRec                      = "unused_task_rec"
+	klptopMapCheckStash                              = "check_stash"
+	klptopMapEvents                                  = "events"
+	klptopMapFuncRecs                                = "func_recs"
+	klptopMapInSchedTry                              = "in_sched_try"
+	klptopMapIterScratch                             = "iter_scratch"
+	klptopMapLastChecks                              = "last_checks"
+	klptopMapLost                                    = "lost"
+	klptopMapShadowCounts                            = "shadow_counts"
+	klptopMapShadowStash                             = "shadow_stash"
+	klptopMapStateRecs                               = "state_recs"
+	klptopMapSweepScratch                            = "sweep_scratch"
+	klptopMapUpdateStash                             = "update_stash"
+	klptopProgFentryKlpCancelTransition              = "fentry_klp_cancel_transition"
+	klptopProgFentryKlpCheckAndSwitchTask            = "fentry_klp_check_and_switch_task"
+	klptopProgFentryKlpCopyProcess                   = "fentry_klp_copy_process"
+	klptopProgFentryKlpDiscardNops                   = "fentry_klp_discard_nops"
+	klptopProgFentryKlpEnablePatch                   = "fentry_klp_enable_patch"
+	klptopProgFentryKlpForceTransition               = "fentry_klp_force_transition"
+	klptopProgFentryKlpFreePatchAsync                = "fentry_klp_free_patch_async"
+	klptopProgFentryKlpFreeReplacedPatchesAsync      = "fentry_klp_free_replaced_patches_async"
+	klptopProgFentryKlpInitTransition                = "fentry_klp_init_transition"
+	klptopProgFentryKlpModuleApply                   = "fentry_klp_module_apply"
+	klptopProgFentryKlpModuleComing                  = "fentry_klp_module_coming"
+	klptopProgFentryKlpModuleGoing                   = "fentry_klp_module_going"
+	klptopProgFentryKlpModuleRevert                  = "fentry_klp_module_revert"
+	klptopProgFentryKlpReverseTransition             = "fentry_klp_reverse_transition"
+	klptopProgFentryKlpSchedTrySwitch                = "fentry_klp_sched_try_switch"
+	klptopProgFentryKlpSignal                        = "fentry_klp_signal"
+	klptopProgFentryKlpStartTransition               = "fentry_klp_start_transition"
+	klptopProgFentryKlpTryCompleteTransition         = "fentry_klp_try_complete_transition"
+	klptopProgFentryKlpUnpatchReplacedPatches        = "fentry_klp_unpatch_replaced_patches"
+	klptopProgFentryKlpUpdatePatchState              = "fentry_klp_update_patch_state"
+	klptopProgFentryShadowAlloc                      = "fentry_shadow_alloc"
+	klptopProgFentryShadowFree                       = "fentry_shadow_free"
+	klptopProgFentryShadowFreeAll                    = "fentry_shadow_free_all"
+	klptopProgFentryShadowGetOrAlloc                 = "fentry_shadow_get_or_alloc"
+	klptopProgFexitFuncsChangedKlpCancelTransition   = "fexit_funcs_changed_klp_cancel_transition"
+	klptopProgFexitFuncsChangedKlpCompleteTransition = "fexit_funcs_changed_klp_complete_transition"
+	klptopProgFexitFuncsChangedKlpDiscardNops        = "fexit_funcs_changed_klp_discard_nops"
+	klptopProgFexitFuncsChangedKlpModuleComing       = "fexit_funcs_changed_klp_module_coming"
+	klptopProgFexitFuncsChangedKlpModuleGoing        = "fexit_funcs_changed_klp_module_going"
+	klptopProgFexitFuncsChangedKlpPatchObject        = "fexit_funcs_changed_klp_patch_object"
+	klptopProgFexitFuncsChangedKlpReverseTransition  = "fexit_funcs_changed_klp_reverse_transition"
+	klptopProgFexitFuncsChangedKlpStartTransition    = "fexit_funcs_changed_klp_start_transition"
+	klptopProgFexitFuncsChangedKlpUnpatchObjects     = "fexit_funcs_changed_klp_unpatch_objects"
+	klptopProgFexitKlpCheckAndSwitchTaskRet          = "fexit_klp_check_and_switch_task_ret"
+	klptopProgFexitKlpCompleteTransition             = "fexit_klp_complete_transition"
+	klptopProgFexitKlpSchedTrySwitchRet              = "fexit_klp_sched_try_switch_ret"
+	klptopProgFexitKlpTryCompleteTransitionRet       = "fexit_klp_try_complete_transition_ret"
+	klptopProgFexitKlpUpdatePatchStateRet            = "fexit_klp_update_patch_state_ret"
+	klptopProgFexitShadowAllocRet                    = "fexit_shadow_alloc_ret"
+	klptopProgFexitShadowGetOrAllocRet               = "fexit_shadow_get_or_alloc_ret"
+	klptopProgFuncsChangedKlpCancelTransition        = "funcs_changed_klp_cancel_transition"
+	klptopProgFuncsChangedKlpCompleteTransition      = "funcs_changed_klp_complete_transition"
+	klptopProgFuncsChangedKlpDiscardNops             = "funcs_changed_klp_discard_nops"
+	klptopProgFuncsChangedKlpModuleComing            = "funcs_changed_klp_module_coming"
+	klptopProgFuncsChangedKlpModuleGoing             = "funcs_changed_klp_module_going"
+	klptopProgFuncsChangedKlpPatchObject             = "funcs_changed_klp_patch_object"
+	klptopProgFuncsChangedKlpReverseTransition       = "funcs_changed_klp_reverse_transition"
+	klptopProgFuncsChangedKlpStartTransition         = "funcs_changed_klp_start_transition"
+	klptopProgFuncsChangedKlpUnpatchObjects          = "funcs_changed_klp_unpatch_objects"
+	klptopProgKlpCancelTransition                    = "klp_cancel_transition"
+	klptopProgKlpCheckAndSwitchTask                  = "klp_check_and_switch_task"
+	klptopProgKlpCheckAndSwitchTaskRet               = "klp_check_and_switch_task_ret"
+	klptopProgKlpCompleteTransition                  = "klp_complete_transition"
+	klptopProgKlpCopyProcess                         = "klp_copy_process"
+	klptopProgKlpDiscardNops                         = "klp_discard_nops"
+	klptopProgKlpEnablePatch                         = "klp_enable_patch"
+	klptopProgKlpForceTransition                     = "klp_force_transition"
+	klptopProgKlpFreePatchAsync                      = "klp_free_patch_async"
+	klptopProgKlpFreeReplacedPatchesAsync            = "klp_free_replaced_patches_async"
+	klptopProgKlpInitTransition                      = "klp_init_transition"
+	klptopProgKlpModuleApply                         = "klp_module_apply"
+	klptopProgKlpModuleComing                        = "klp_module_coming"
+	klptopProgKlpModuleGoing                         = "klp_module_going"
+	klptopProgKlpModuleRevert                        = "klp_module_revert"
+	klptopProgKlpReverseTransition                   = "klp_reverse_transition"
+	klptopProgKlpSchedTrySwitch                      = "klp_sched_try_switch"
+	klptopProgKlpSchedTrySwitchRet                   = "klp_sched_try_switch_ret"
+	klptopProgKlpSignal                              = "klp_signal"
+	klptopProgKlpStartTransition                     = "klp_start_transition"
+	klptopProgKlpTryCompleteTransition               = "klp_try_complete_transition"
+	klptopProgKlpTryCompleteTransitionRet            = "klp_try_complete_transition_ret"
+	klptopProgKlpUnpatchReplacedPatches              = "klp_unpatch_replaced_patches"
+	klptopProgKlpUpdatePatchState                    = "klp_update_patch_state"
+	klptopProgKlpUpdatePatchStateRet                 = "klp_update_patch_state_ret"
+	klptopProgShadowAlloc                            = "shadow_alloc"
+	klptopProgShadowAllocRet                         = "shadow_alloc_ret"
+	klptopProgShadowFree                             = "shadow_free"
+	klptopProgShadowFreeAll                          = "shadow_free_all"
+	klptopProgShadowGetOrAlloc                       = "shadow_get_or_alloc"
+	klptopProgShadowGetOrAllocRet                    = "shadow_get_or_alloc_ret"
+	klptopProgSnapshotFuncs                          = "snapshot_funcs"
+	klptopProgSnapshotStates                         = "snapshot_states"
+	klptopProgSnapshotTasks                          = "snapshot_tasks"
+	klptopVarCurPatch                                = "cur_patch"
+	klptopVarCurTarget                               = "cur_target"
+	klptopVarKlpMutexAddr                            = "klp_mutex_addr"
+	klptopVarKlpOpsAddr                              = "klp_ops_addr"
+	klptopVarKlpPatchesAddr                          = "klp_patches_addr"
+	klptopVarKlpShadowHashAddr                       = "klp_shadow_hash_addr"
+	klptopVarSchedInSchedule                         = "sched_in_schedule"
+	klptopVarSweepChecked                            = "sweep_checked"
+	klptopVarSweepPending                            = "sweep_pending"
+	klptopVarSweepProbed                             = "sweep_probed"
+	klptopVarSweepStartNs                            = "sweep_start_ns"
+	klptopVarSweepTask                               = "sweep_task"
+	klptopVarTransitionGen                           = "transition_gen"
+	klptopVarUnusedEvent                             = "unused_event"
+	klptopVarUnusedFuncRec                           = "unused_func_rec"
+	klptopVarUnusedFuncsOut                          = "unused_funcs_out"
+	klptopVarUnusedShadowCount                       = "unused_shadow_count"
+	klptopVarUnusedStateRec                          = "unused_state_rec"
+	klptopVarUnusedTaskRec                           = "unused_task_rec"
 )
 
 // loadKlptop returns the embedded CollectionSpec for klptop.
@@ -212,49 +252,89 @@ type klptopSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type klptopProgramSpecs struct {
-	FuncsChangedKlpCancelTransition   *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_cancel_transition"`
-	FuncsChangedKlpCompleteTransition *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_complete_transition"`
-	FuncsChangedKlpDiscardNops        *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_discard_nops"`
-	FuncsChangedKlpModuleComing       *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_module_coming"`
-	FuncsChangedKlpModuleGoing        *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_module_going"`
-	FuncsChangedKlpPatchObject        *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_patch_object"`
-	FuncsChangedKlpReverseTransition  *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_reverse_transition"`
-	FuncsChangedKlpStartTransition    *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_start_transition"`
-	FuncsChangedKlpUnpatchObjects     *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_unpatch_objects"`
-	KlpCancelTransition               *ebpf.ProgramSpec `ebpf:"klp_cancel_transition"`
-	KlpCheckAndSwitchTask             *ebpf.ProgramSpec `ebpf:"klp_check_and_switch_task"`
-	KlpCheckAndSwitchTaskRet          *ebpf.ProgramSpec `ebpf:"klp_check_and_switch_task_ret"`
-	KlpCompleteTransition             *ebpf.ProgramSpec `ebpf:"klp_complete_transition"`
-	KlpCopyProcess                    *ebpf.ProgramSpec `ebpf:"klp_copy_process"`
-	KlpDiscardNops                    *ebpf.ProgramSpec `ebpf:"klp_discard_nops"`
-	KlpEnablePatch                    *ebpf.ProgramSpec `ebpf:"klp_enable_patch"`
-	KlpForceTransition                *ebpf.ProgramSpec `ebpf:"klp_force_transition"`
-	KlpFreePatchAsync                 *ebpf.ProgramSpec `ebpf:"klp_free_patch_async"`
-	KlpFreeReplacedPatchesAsync       *ebpf.ProgramSpec `ebpf:"klp_free_replaced_patches_async"`
-	KlpInitTransition                 *ebpf.ProgramSpec `ebpf:"klp_init_transition"`
-	KlpModuleApply                    *ebpf.ProgramSpec `ebpf:"klp_module_apply"`
-	KlpModuleComing                   *ebpf.ProgramSpec `ebpf:"klp_module_coming"`
-	KlpModuleGoing                    *ebpf.ProgramSpec `ebpf:"klp_module_going"`
-	KlpModuleRevert                   *ebpf.ProgramSpec `ebpf:"klp_module_revert"`
-	KlpReverseTransition              *ebpf.ProgramSpec `ebpf:"klp_reverse_transition"`
-	KlpSchedTrySwitch                 *ebpf.ProgramSpec `ebpf:"klp_sched_try_switch"`
-	KlpSchedTrySwitchRet              *ebpf.ProgramSpec `ebpf:"klp_sched_try_switch_ret"`
-	KlpSignal                         *ebpf.ProgramSpec `ebpf:"klp_signal"`
-	KlpStartTransition                *ebpf.ProgramSpec `ebpf:"klp_start_transition"`
-	KlpTryCompleteTransition          *ebpf.ProgramSpec `ebpf:"klp_try_complete_transition"`
-	KlpTryCompleteTransitionRet       *ebpf.ProgramSpec `ebpf:"klp_try_complete_transition_ret"`
-	KlpUnpatchReplacedPatches         *ebpf.ProgramSpec `ebpf:"klp_unpatch_replaced_patches"`
-	KlpUpdatePatchState               *ebpf.ProgramSpec `ebpf:"klp_update_patch_state"`
-	KlpUpdatePatchStateRet            *ebpf.ProgramSpec `ebpf:"klp_update_patch_state_ret"`
-	ShadowAlloc                       *ebpf.ProgramSpec `ebpf:"shadow_alloc"`
-	ShadowAllocRet                    *ebpf.ProgramSpec `ebpf:"shadow_alloc_ret"`
-	ShadowFree                        *ebpf.ProgramSpec `ebpf:"shadow_free"`
-	ShadowFreeAll                     *ebpf.ProgramSpec `ebpf:"shadow_free_all"`
-	ShadowGetOrAlloc                  *ebpf.ProgramSpec `ebpf:"shadow_get_or_alloc"`
-	ShadowGetOrAllocRet               *ebpf.ProgramSpec `ebpf:"shadow_get_or_alloc_ret"`
-	SnapshotFuncs                     *ebpf.ProgramSpec `ebpf:"snapshot_funcs"`
-	SnapshotStates                    *ebpf.ProgramSpec `ebpf:"snapshot_states"`
-	SnapshotTasks                     *ebpf.ProgramSpec `ebpf:"snapshot_tasks"`
+	FentryKlpCancelTransition              *ebpf.ProgramSpec `ebpf:"fentry_klp_cancel_transition"`
+	FentryKlpCheckAndSwitchTask            *ebpf.ProgramSpec `ebpf:"fentry_klp_check_and_switch_task"`
+	FentryKlpCopyProcess                   *ebpf.ProgramSpec `ebpf:"fentry_klp_copy_process"`
+	FentryKlpDiscardNops                   *ebpf.ProgramSpec `ebpf:"fentry_klp_discard_nops"`
+	FentryKlpEnablePatch                   *ebpf.ProgramSpec `ebpf:"fentry_klp_enable_patch"`
+	FentryKlpForceTransition               *ebpf.ProgramSpec `ebpf:"fentry_klp_force_transition"`
+	FentryKlpFreePatchAsync                *ebpf.ProgramSpec `ebpf:"fentry_klp_free_patch_async"`
+	FentryKlpFreeReplacedPatchesAsync      *ebpf.ProgramSpec `ebpf:"fentry_klp_free_replaced_patches_async"`
+	FentryKlpInitTransition                *ebpf.ProgramSpec `ebpf:"fentry_klp_init_transition"`
+	FentryKlpModuleApply                   *ebpf.ProgramSpec `ebpf:"fentry_klp_module_apply"`
+	FentryKlpModuleComing                  *ebpf.ProgramSpec `ebpf:"fentry_klp_module_coming"`
+	FentryKlpModuleGoing                   *ebpf.ProgramSpec `ebpf:"fentry_klp_module_going"`
+	FentryKlpModuleRevert                  *ebpf.ProgramSpec `ebpf:"fentry_klp_module_revert"`
+	FentryKlpReverseTransition             *ebpf.ProgramSpec `ebpf:"fentry_klp_reverse_transition"`
+	FentryKlpSchedTrySwitch                *ebpf.ProgramSpec `ebpf:"fentry_klp_sched_try_switch"`
+	FentryKlpSignal                        *ebpf.ProgramSpec `ebpf:"fentry_klp_signal"`
+	FentryKlpStartTransition               *ebpf.ProgramSpec `ebpf:"fentry_klp_start_transition"`
+	FentryKlpTryCompleteTransition         *ebpf.ProgramSpec `ebpf:"fentry_klp_try_complete_transition"`
+	FentryKlpUnpatchReplacedPatches        *ebpf.ProgramSpec `ebpf:"fentry_klp_unpatch_replaced_patches"`
+	FentryKlpUpdatePatchState              *ebpf.ProgramSpec `ebpf:"fentry_klp_update_patch_state"`
+	FentryShadowAlloc                      *ebpf.ProgramSpec `ebpf:"fentry_shadow_alloc"`
+	FentryShadowFree                       *ebpf.ProgramSpec `ebpf:"fentry_shadow_free"`
+	FentryShadowFreeAll                    *ebpf.ProgramSpec `ebpf:"fentry_shadow_free_all"`
+	FentryShadowGetOrAlloc                 *ebpf.ProgramSpec `ebpf:"fentry_shadow_get_or_alloc"`
+	FexitFuncsChangedKlpCancelTransition   *ebpf.ProgramSpec `ebpf:"fexit_funcs_changed_klp_cancel_transition"`
+	FexitFuncsChangedKlpCompleteTransition *ebpf.ProgramSpec `ebpf:"fexit_funcs_changed_klp_complete_transition"`
+	FexitFuncsChangedKlpDiscardNops        *ebpf.ProgramSpec `ebpf:"fexit_funcs_changed_klp_discard_nops"`
+	FexitFuncsChangedKlpModuleComing       *ebpf.ProgramSpec `ebpf:"fexit_funcs_changed_klp_module_coming"`
+	FexitFuncsChangedKlpModuleGoing        *ebpf.ProgramSpec `ebpf:"fexit_funcs_changed_klp_module_going"`
+	FexitFuncsChangedKlpPatchObject        *ebpf.ProgramSpec `ebpf:"fexit_funcs_changed_klp_patch_object"`
+	FexitFuncsChangedKlpReverseTransition  *ebpf.ProgramSpec `ebpf:"fexit_funcs_changed_klp_reverse_transition"`
+	FexitFuncsChangedKlpStartTransition    *ebpf.ProgramSpec `ebpf:"fexit_funcs_changed_klp_start_transition"`
+	FexitFuncsChangedKlpUnpatchObjects     *ebpf.ProgramSpec `ebpf:"fexit_funcs_changed_klp_unpatch_objects"`
+	FexitKlpCheckAndSwitchTaskRet          *ebpf.ProgramSpec `ebpf:"fexit_klp_check_and_switch_task_ret"`
+	FexitKlpCompleteTransition             *ebpf.ProgramSpec `ebpf:"fexit_klp_complete_transition"`
+	FexitKlpSchedTrySwitchRet              *ebpf.ProgramSpec `ebpf:"fexit_klp_sched_try_switch_ret"`
+	FexitKlpTryCompleteTransitionRet       *ebpf.ProgramSpec `ebpf:"fexit_klp_try_complete_transition_ret"`
+	FexitKlpUpdatePatchStateRet            *ebpf.ProgramSpec `ebpf:"fexit_klp_update_patch_state_ret"`
+	FexitShadowAllocRet                    *ebpf.ProgramSpec `ebpf:"fexit_shadow_alloc_ret"`
+	FexitShadowGetOrAllocRet               *ebpf.ProgramSpec `ebpf:"fexit_shadow_get_or_alloc_ret"`
+	FuncsChangedKlpCancelTransition        *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_cancel_transition"`
+	FuncsChangedKlpCompleteTransition      *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_complete_transition"`
+	FuncsChangedKlpDiscardNops             *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_discard_nops"`
+	FuncsChangedKlpModuleComing            *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_module_coming"`
+	FuncsChangedKlpModuleGoing             *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_module_going"`
+	FuncsChangedKlpPatchObject             *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_patch_object"`
+	FuncsChangedKlpReverseTransition       *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_reverse_transition"`
+	FuncsChangedKlpStartTransition         *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_start_transition"`
+	FuncsChangedKlpUnpatchObjects          *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_unpatch_objects"`
+	KlpCancelTransition                    *ebpf.ProgramSpec `ebpf:"klp_cancel_transition"`
+	KlpCheckAndSwitchTask                  *ebpf.ProgramSpec `ebpf:"klp_check_and_switch_task"`
+	KlpCheckAndSwitchTaskRet               *ebpf.ProgramSpec `ebpf:"klp_check_and_switch_task_ret"`
+	KlpCompleteTransition                  *ebpf.ProgramSpec `ebpf:"klp_complete_transition"`
+	KlpCopyProcess                         *ebpf.ProgramSpec `ebpf:"klp_copy_process"`
+	KlpDiscardNops                         *ebpf.ProgramSpec `ebpf:"klp_discard_nops"`
+	KlpEnablePatch                         *ebpf.ProgramSpec `ebpf:"klp_enable_patch"`
+	KlpForceTransition                     *ebpf.ProgramSpec `ebpf:"klp_force_transition"`
+	KlpFreePatchAsync                      *ebpf.ProgramSpec `ebpf:"klp_free_patch_async"`
+	KlpFreeReplacedPatchesAsync            *ebpf.ProgramSpec `ebpf:"klp_free_replaced_patches_async"`
+	KlpInitTransition                      *ebpf.ProgramSpec `ebpf:"klp_init_transition"`
+	KlpModuleApply                         *ebpf.ProgramSpec `ebpf:"klp_module_apply"`
+	KlpModuleComing                        *ebpf.ProgramSpec `ebpf:"klp_module_coming"`
+	KlpModuleGoing                         *ebpf.ProgramSpec `ebpf:"klp_module_going"`
+	KlpModuleRevert                        *ebpf.ProgramSpec `ebpf:"klp_module_revert"`
+	KlpReverseTransition                   *ebpf.ProgramSpec `ebpf:"klp_reverse_transition"`
+	KlpSchedTrySwitch                      *ebpf.ProgramSpec `ebpf:"klp_sched_try_switch"`
+	KlpSchedTrySwitchRet                   *ebpf.ProgramSpec `ebpf:"klp_sched_try_switch_ret"`
+	KlpSignal                              *ebpf.ProgramSpec `ebpf:"klp_signal"`
+	KlpStartTransition                     *ebpf.ProgramSpec `ebpf:"klp_start_transition"`
+	KlpTryCompleteTransition               *ebpf.ProgramSpec `ebpf:"klp_try_complete_transition"`
+	KlpTryCompleteTransitionRet            *ebpf.ProgramSpec `ebpf:"klp_try_complete_transition_ret"`
+	KlpUnpatchReplacedPatches              *ebpf.ProgramSpec `ebpf:"klp_unpatch_replaced_patches"`
+	KlpUpdatePatchState                    *ebpf.ProgramSpec `ebpf:"klp_update_patch_state"`
+	KlpUpdatePatchStateRet                 *ebpf.ProgramSpec `ebpf:"klp_update_patch_state_ret"`
+	ShadowAlloc                            *ebpf.ProgramSpec `ebpf:"shadow_alloc"`
+	ShadowAllocRet                         *ebpf.ProgramSpec `ebpf:"shadow_alloc_ret"`
+	ShadowFree                             *ebpf.ProgramSpec `ebpf:"shadow_free"`
+	ShadowFreeAll                          *ebpf.ProgramSpec `ebpf:"shadow_free_all"`
+	ShadowGetOrAlloc                       *ebpf.ProgramSpec `ebpf:"shadow_get_or_alloc"`
+	ShadowGetOrAllocRet                    *ebpf.ProgramSpec `ebpf:"shadow_get_or_alloc_ret"`
+	SnapshotFuncs                          *ebpf.ProgramSpec `ebpf:"snapshot_funcs"`
+	SnapshotStates                         *ebpf.ProgramSpec `ebpf:"snapshot_states"`
+	SnapshotTasks                          *ebpf.ProgramSpec `ebpf:"snapshot_tasks"`
 }
 
 // klptopMapSpecs contains maps before they are loaded into the kernel.
@@ -380,53 +460,133 @@ type klptopVariables struct {
 //
 // It can be passed to loadKlptopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type klptopPrograms struct {
-	FuncsChangedKlpCancelTransition   *ebpf.Program `ebpf:"funcs_changed_klp_cancel_transition"`
-	FuncsChangedKlpCompleteTransition *ebpf.Program `ebpf:"funcs_changed_klp_complete_transition"`
-	FuncsChangedKlpDiscardNops        *ebpf.Program `ebpf:"funcs_changed_klp_discard_nops"`
-	FuncsChangedKlpModuleComing       *ebpf.Program `ebpf:"funcs_changed_klp_module_coming"`
-	FuncsChangedKlpModuleGoing        *ebpf.Program `ebpf:"funcs_changed_klp_module_going"`
-	FuncsChangedKlpPatchObject        *ebpf.Program `ebpf:"funcs_changed_klp_patch_object"`
-	FuncsChangedKlpReverseTransition  *ebpf.Program `ebpf:"funcs_changed_klp_reverse_transition"`
-	FuncsChangedKlpStartTransition    *ebpf.Program `ebpf:"funcs_changed_klp_start_transition"`
-	FuncsChangedKlpUnpatchObjects     *ebpf.Program `ebpf:"funcs_changed_klp_unpatch_objects"`
-	KlpCancelTransition               *ebpf.Program `ebpf:"klp_cancel_transition"`
-	KlpCheckAndSwitchTask             *ebpf.Program `ebpf:"klp_check_and_switch_task"`
-	KlpCheckAndSwitchTaskRet          *ebpf.Program `ebpf:"klp_check_and_switch_task_ret"`
-	KlpCompleteTransition             *ebpf.Program `ebpf:"klp_complete_transition"`
-	KlpCopyProcess                    *ebpf.Program `ebpf:"klp_copy_process"`
-	KlpDiscardNops                    *ebpf.Program `ebpf:"klp_discard_nops"`
-	KlpEnablePatch                    *ebpf.Program `ebpf:"klp_enable_patch"`
-	KlpForceTransition                *ebpf.Program `ebpf:"klp_force_transition"`
-	KlpFreePatchAsync                 *ebpf.Program `ebpf:"klp_free_patch_async"`
-	KlpFreeReplacedPatchesAsync       *ebpf.Program `ebpf:"klp_free_replaced_patches_async"`
-	KlpInitTransition                 *ebpf.Program `ebpf:"klp_init_transition"`
-	KlpModuleApply                    *ebpf.Program `ebpf:"klp_module_apply"`
-	KlpModuleComing                   *ebpf.Program `ebpf:"klp_module_coming"`
-	KlpModuleGoing                    *ebpf.Program `ebpf:"klp_module_going"`
-	KlpModuleRevert                   *ebpf.Program `ebpf:"klp_module_revert"`
-	KlpReverseTransition              *ebpf.Program `ebpf:"klp_reverse_transition"`
-	KlpSchedTrySwitch                 *ebpf.Program `ebpf:"klp_sched_try_switch"`
-	KlpSchedTrySwitchRet              *ebpf.Program `ebpf:"klp_sched_try_switch_ret"`
-	KlpSignal                         *ebpf.Program `ebpf:"klp_signal"`
-	KlpStartTransition                *ebpf.Program `ebpf:"klp_start_transition"`
-	KlpTryCompleteTransition          *ebpf.Program `ebpf:"klp_try_complete_transition"`
-	KlpTryCompleteTransitionRet       *ebpf.Program `ebpf:"klp_try_complete_transition_ret"`
-	KlpUnpatchReplacedPatches         *ebpf.Program `ebpf:"klp_unpatch_replaced_patches"`
-	KlpUpdatePatchState               *ebpf.Program `ebpf:"klp_update_patch_state"`
-	KlpUpdatePatchStateRet            *ebpf.Program `ebpf:"klp_update_patch_state_ret"`
-	ShadowAlloc                       *ebpf.Program `ebpf:"shadow_alloc"`
-	ShadowAllocRet                    *ebpf.Program `ebpf:"shadow_alloc_ret"`
-	ShadowFree                        *ebpf.Program `ebpf:"shadow_free"`
-	ShadowFreeAll                     *ebpf.Program `ebpf:"shadow_free_all"`
-	ShadowGetOrAlloc                  *ebpf.Program `ebpf:"shadow_get_or_alloc"`
-	ShadowGetOrAllocRet               *ebpf.Program `ebpf:"shadow_get_or_alloc_ret"`
-	SnapshotFuncs                     *ebpf.Program `ebpf:"snapshot_funcs"`
-	SnapshotStates                    *ebpf.Program `ebpf:"snapshot_states"`
-	SnapshotTasks                     *ebpf.Program `ebpf:"snapshot_tasks"`
+	FentryKlpCancelTransition              *ebpf.Program `ebpf:"fentry_klp_cancel_transition"`
+	FentryKlpCheckAndSwitchTask            *ebpf.Program `ebpf:"fentry_klp_check_and_switch_task"`
+	FentryKlpCopyProcess                   *ebpf.Program `ebpf:"fentry_klp_copy_process"`
+	FentryKlpDiscardNops                   *ebpf.Program `ebpf:"fentry_klp_discard_nops"`
+	FentryKlpEnablePatch                   *ebpf.Program `ebpf:"fentry_klp_enable_patch"`
+	FentryKlpForceTransition               *ebpf.Program `ebpf:"fentry_klp_force_transition"`
+	FentryKlpFreePatchAsync                *ebpf.Program `ebpf:"fentry_klp_free_patch_async"`
+	FentryKlpFreeReplacedPatchesAsync      *ebpf.Program `ebpf:"fentry_klp_free_replaced_patches_async"`
+	FentryKlpInitTransition                *ebpf.Program `ebpf:"fentry_klp_init_transition"`
+	FentryKlpModuleApply                   *ebpf.Program `ebpf:"fentry_klp_module_apply"`
+	FentryKlpModuleComing                  *ebpf.Program `ebpf:"fentry_klp_module_coming"`
+	FentryKlpModuleGoing                   *ebpf.Program `ebpf:"fentry_klp_module_going"`
+	FentryKlpModuleRevert                  *ebpf.Program `ebpf:"fentry_klp_module_revert"`
+	FentryKlpReverseTransition             *ebpf.Program `ebpf:"fentry_klp_reverse_transition"`
+	FentryKlpSchedTrySwitch                *ebpf.Program `ebpf:"fentry_klp_sched_try_switch"`
+	FentryKlpSignal                        *ebpf.Program `ebpf:"fentry_klp_signal"`
+	FentryKlpStartTransition               *ebpf.Program `ebpf:"fentry_klp_start_transition"`
+	FentryKlpTryCompleteTransition         *ebpf.Program `ebpf:"fentry_klp_try_complete_transition"`
+	FentryKlpUnpatchReplacedPatches        *ebpf.Program `ebpf:"fentry_klp_unpatch_replaced_patches"`
+	FentryKlpUpdatePatchState              *ebpf.Program `ebpf:"fentry_klp_update_patch_state"`
+	FentryShadowAlloc                      *ebpf.Program `ebpf:"fentry_shadow_alloc"`
+	FentryShadowFree                       *ebpf.Program `ebpf:"fentry_shadow_free"`
+	FentryShadowFreeAll                    *ebpf.Program `ebpf:"fentry_shadow_free_all"`
+	FentryShadowGetOrAlloc                 *ebpf.Program `ebpf:"fentry_shadow_get_or_alloc"`
+	FexitFuncsChangedKlpCancelTransition   *ebpf.Program `ebpf:"fexit_funcs_changed_klp_cancel_transition"`
+	FexitFuncsChangedKlpCompleteTransition *ebpf.Program `ebpf:"fexit_funcs_changed_klp_complete_transition"`
+	FexitFuncsChangedKlpDiscardNops        *ebpf.Program `ebpf:"fexit_funcs_changed_klp_discard_nops"`
+	FexitFuncsChangedKlpModuleComing       *ebpf.Program `ebpf:"fexit_funcs_changed_klp_module_coming"`
+	FexitFuncsChangedKlpModuleGoing        *ebpf.Program `ebpf:"fexit_funcs_changed_klp_module_going"`
+	FexitFuncsChangedKlpPatchObject        *ebpf.Program `ebpf:"fexit_funcs_changed_klp_patch_object"`
+	FexitFuncsChangedKlpReverseTransition  *ebpf.Program `ebpf:"fexit_funcs_changed_klp_reverse_transition"`
+	FexitFuncsChangedKlpStartTransition    *ebpf.Program `ebpf:"fexit_funcs_changed_klp_start_transition"`
+	FexitFuncsChangedKlpUnpatchObjects     *ebpf.Program `ebpf:"fexit_funcs_changed_klp_unpatch_objects"`
+	FexitKlpCheckAndSwitchTaskRet          *ebpf.Program `ebpf:"fexit_klp_check_and_switch_task_ret"`
+	FexitKlpCompleteTransition             *ebpf.Program `ebpf:"fexit_klp_complete_transition"`
+	FexitKlpSchedTrySwitchRet              *ebpf.Program `ebpf:"fexit_klp_sched_try_switch_ret"`
+	FexitKlpTryCompleteTransitionRet       *ebpf.Program `ebpf:"fexit_klp_try_complete_transition_ret"`
+	FexitKlpUpdatePatchStateRet            *ebpf.Program `ebpf:"fexit_klp_update_patch_state_ret"`
+	FexitShadowAllocRet                    *ebpf.Program `ebpf:"fexit_shadow_alloc_ret"`
+	FexitShadowGetOrAllocRet               *ebpf.Program `ebpf:"fexit_shadow_get_or_alloc_ret"`
+	FuncsChangedKlpCancelTransition        *ebpf.Program `ebpf:"funcs_changed_klp_cancel_transition"`
+	FuncsChangedKlpCompleteTransition      *ebpf.Program `ebpf:"funcs_changed_klp_complete_transition"`
+	FuncsChangedKlpDiscardNops             *ebpf.Program `ebpf:"funcs_changed_klp_discard_nops"`
+	FuncsChangedKlpModuleComing            *ebpf.Program `ebpf:"funcs_changed_klp_module_coming"`
+	FuncsChangedKlpModuleGoing             *ebpf.Program `ebpf:"funcs_changed_klp_module_going"`
+	FuncsChangedKlpPatchObject             *ebpf.Program `ebpf:"funcs_changed_klp_patch_object"`
+	FuncsChangedKlpReverseTransition       *ebpf.Program `ebpf:"funcs_changed_klp_reverse_transition"`
+	FuncsChangedKlpStartTransition         *ebpf.Program `ebpf:"funcs_changed_klp_start_transition"`
+	FuncsChangedKlpUnpatchObjects          *ebpf.Program `ebpf:"funcs_changed_klp_unpatch_objects"`
+	KlpCancelTransition                    *ebpf.Program `ebpf:"klp_cancel_transition"`
+	KlpCheckAndSwitchTask                  *ebpf.Program `ebpf:"klp_check_and_switch_task"`
+	KlpCheckAndSwitchTaskRet               *ebpf.Program `ebpf:"klp_check_and_switch_task_ret"`
+	KlpCompleteTransition                  *ebpf.Program `ebpf:"klp_complete_transition"`
+	KlpCopyProcess                         *ebpf.Program `ebpf:"klp_copy_process"`
+	KlpDiscardNops                         *ebpf.Program `ebpf:"klp_discard_nops"`
+	KlpEnablePatch                         *ebpf.Program `ebpf:"klp_enable_patch"`
+	KlpForceTransition                     *ebpf.Program `ebpf:"klp_force_transition"`
+	KlpFreePatchAsync                      *ebpf.Program `ebpf:"klp_free_patch_async"`
+	KlpFreeReplacedPatchesAsync            *ebpf.Program `ebpf:"klp_free_replaced_patches_async"`
+	KlpInitTransition                      *ebpf.Program `ebpf:"klp_init_transition"`
+	KlpModuleApply                         *ebpf.Program `ebpf:"klp_module_apply"`
+	KlpModuleComing                        *ebpf.Program `ebpf:"klp_module_coming"`
+	KlpModuleGoing                         *ebpf.Program `ebpf:"klp_module_going"`
+	KlpModuleRevert                        *ebpf.Program `ebpf:"klp_module_revert"`
+	KlpReverseTransition                   *ebpf.Program `ebpf:"klp_reverse_transition"`
+	KlpSchedTrySwitch                      *ebpf.Program `ebpf:"klp_sched_try_switch"`
+	KlpSchedTrySwitchRet                   *ebpf.Program `ebpf:"klp_sched_try_switch_ret"`
+	KlpSignal                              *ebpf.Program `ebpf:"klp_signal"`
+	KlpStartTransition                     *ebpf.Program `ebpf:"klp_start_transition"`
+	KlpTryCompleteTransition               *ebpf.Program `ebpf:"klp_try_complete_transition"`
+	KlpTryCompleteTransitionRet            *ebpf.Program `ebpf:"klp_try_complete_transition_ret"`
+	KlpUnpatchReplacedPatches              *ebpf.Program `ebpf:"klp_unpatch_replaced_patches"`
+	KlpUpdatePatchState                    *ebpf.Program `ebpf:"klp_update_patch_state"`
+	KlpUpdatePatchStateRet                 *ebpf.Program `ebpf:"klp_update_patch_state_ret"`
+	ShadowAlloc                            *ebpf.Program `ebpf:"shadow_alloc"`
+	ShadowAllocRet                         *ebpf.Program `ebpf:"shadow_alloc_ret"`
+	ShadowFree                             *ebpf.Program `ebpf:"shadow_free"`
+	ShadowFreeAll                          *ebpf.Program `ebpf:"shadow_free_all"`
+	ShadowGetOrAlloc                       *ebpf.Program `ebpf:"shadow_get_or_alloc"`
+	ShadowGetOrAllocRet                    *ebpf.Program `ebpf:"shadow_get_or_alloc_ret"`
+	SnapshotFuncs                          *ebpf.Program `ebpf:"snapshot_funcs"`
+	SnapshotStates                         *ebpf.Program `ebpf:"snapshot_states"`
+	SnapshotTasks                          *ebpf.Program `ebpf:"snapshot_tasks"`
 }
 
 func (p *klptopPrograms) Close() error {
 	return _KlptopClose(
+		p.FentryKlpCancelTransition,
+		p.FentryKlpCheckAndSwitchTask,
+		p.FentryKlpCopyProcess,
+		p.FentryKlpDiscardNops,
+		p.FentryKlpEnablePatch,
+		p.FentryKlpForceTransition,
+		p.FentryKlpFreePatchAsync,
+		p.FentryKlpFreeReplacedPatchesAsync,
+		p.FentryKlpInitTransition,
+		p.FentryKlpModuleApply,
+		p.FentryKlpModuleComing,
+		p.FentryKlpModuleGoing,
+		p.FentryKlpModuleRevert,
+		p.FentryKlpReverseTransition,
+		p.FentryKlpSchedTrySwitch,
+		p.FentryKlpSignal,
+		p.FentryKlpStartTransition,
+		p.FentryKlpTryCompleteTransition,
+		p.FentryKlpUnpatchReplacedPatches,
+		p.FentryKlpUpdatePatchState,
+		p.FentryShadowAlloc,
+		p.FentryShadowFree,
+		p.FentryShadowFreeAll,
+		p.FentryShadowGetOrAlloc,
+		p.FexitFuncsChangedKlpCancelTransition,
+		p.FexitFuncsChangedKlpCompleteTransition,
+		p.FexitFuncsChangedKlpDiscardNops,
+		p.FexitFuncsChangedKlpModuleComing,
+		p.FexitFuncsChangedKlpModuleGoing,
+		p.FexitFuncsChangedKlpPatchObject,
+		p.FexitFuncsChangedKlpReverseTransition,
+		p.FexitFuncsChangedKlpStartTransition,
+		p.FexitFuncsChangedKlpUnpatchObjects,
+		p.FexitKlpCheckAndSwitchTaskRet,
+		p.FexitKlpCompleteTransition,
+		p.FexitKlpSchedTrySwitchRet,
+		p.FexitKlpTryCompleteTransitionRet,
+		p.FexitKlpUpdatePatchStateRet,
+		p.FexitShadowAllocRet,
+		p.FexitShadowGetOrAllocRet,
 		p.FuncsChangedKlpCancelTransition,
 		p.FuncsChangedKlpCompleteTransition,
 		p.FuncsChangedKlpDiscardNops,

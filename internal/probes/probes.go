@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
@@ -28,13 +29,14 @@ import (
 // Backends.
 const (
 	BackendAuto        = "auto"
+	BackendFentry      = "fentry"
 	BackendKprobeMulti = "kprobe-multi"
 	BackendKprobe      = "kprobe"
 )
 
 // Options configure Open.
 type Options struct {
-	Backend string // "auto" (or ""), "kprobe-multi", "kprobe"
+	Backend string // "auto" (or ""), "fentry", "kprobe-multi", "kprobe"
 }
 
 // Reasons Open fails; the returned errors wrap them with detail.
@@ -51,8 +53,11 @@ type Missing struct{ Symbol, Why string }
 type Info struct {
 	Backend string
 	// Attached are the probe points, "fn" or "fn%return" for a return probe.
-	Attached   []string
-	Missing    []Missing
+	Attached []string
+	Missing  []Missing
+	// Fallback: with Backend fentry, the probes attached as kprobes
+	// instead (Symbol as in Attached), and why.
+	Fallback   []Missing
 	AttachTime time.Duration // load and attach
 	Kernel     string        // uname -r
 	// FuncsWhy says why function stacks cannot be read here; "" when they can.
@@ -64,7 +69,10 @@ type Info struct {
 
 // Session is the loaded and attached probes.
 type Session struct {
-	coll  *ebpf.Collection
+	coll *ebpf.Collection
+	// extra holds the kprobe programs loaded after an fentry twin's attach
+	// failed; it shares coll's maps.
+	extra *ebpf.Collection
 	links []io.Closer
 	rd    *ringbuf.Reader
 	syms  *ksym.Table
@@ -107,12 +115,25 @@ func Open(opts Options) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	backend, err := chooseBackend(opts.Backend)
+	start := time.Now()
+	attach, missing := plan(avail)
+	// One decoding of the kernel's BTF for the target checks and every load.
+	cache := btf.NewCache()
+	inBTF := kernelFuncs(cache)
+	backend, err := pickBackend(opts.Backend,
+		func() error { return haveFentry(probeTarget(attach, inBTF)) }, features.HaveBPFLinkKprobeMulti)
 	if err != nil {
 		return nil, err
 	}
-	start := time.Now()
-	attach, missing := plan(avail)
+	// How the kprobe programs attach: under fentry, those of the probes
+	// that fall back.
+	kmode := backend
+	if backend == BackendFentry {
+		kmode = BackendKprobe
+		if features.HaveBPFLinkKprobeMulti() == nil {
+			kmode = BackendKprobeMulti
+		}
+	}
 
 	spec, err := loadKlptop()
 	if err != nil {
@@ -130,13 +151,26 @@ func Open(opts Options) (*Session, error) {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
 	keep := map[string]bool{iterProg: true}
-	for prog := range attach {
-		keep[prog] = true
+	fallback := map[string]string{}
+	if backend == BackendFentry {
+		var targets map[string]string
+		targets, fallback = fentryTargets(attach, inBTF)
+		for _, p := range probes {
+			if sym, ok := targets[p.prog]; ok {
+				spec.Programs[twin(p)].AttachTo = sym
+				keep[twin(p)] = true
+			}
+		}
+	}
+	for _, p := range probes {
+		if _, ok := attach[p.prog]; ok && !keep[twin(p)] {
+			keep[p.prog] = true
+		}
 	}
 	funcsOK, funcsWhy := setHeads(spec, "/proc/kallsyms")
 	keep[funcsProg] = funcsOK
 	keep[statesProg] = funcsOK // walks klp_patches too
-	if backend == BackendKprobeMulti {
+	if kmode == BackendKprobeMulti {
 		for _, p := range probes {
 			if ps := spec.Programs[p.prog]; ps != nil {
 				ps.AttachType = ebpf.AttachTraceKprobeMulti
@@ -144,20 +178,30 @@ func Open(opts Options) (*Session, error) {
 		}
 	}
 	_ = rlimit.RemoveMemlock() // kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK
-	coll, funcsWhy, statesWhy, rejected, err := loadCollection(spec, keep, funcsWhy)
+	coll, funcsWhy, statesWhy, rejected, err := loadCollection(spec, keep, funcsWhy, cache)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
 	for _, r := range rejected {
+		if r.fellBack {
+			fallback[r.prog] = r.why
+			continue
+		}
 		delete(attach, r.prog)
 		missing = append(missing, Missing{Symbol: probeName(r.symbol, r.ret), Why: r.why})
 	}
 	s := &Session{coll: coll, syms: ksym.New("/proc/kallsyms"), root: root, funcsWhy: funcsWhy}
 	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy}
 
-	attached, failed := s.attachAll(attach, backend)
+	attached, failed, linkFallback := s.attachAll(spec, attach, kmode, cache)
 	s.info.Attached = attached
 	s.info.Missing = append(missing, failed...)
+	for prog, why := range linkFallback {
+		fallback[prog] = why
+	}
+	if backend == BackendFentry {
+		s.info.Fallback = fallbackList(attach, fallback, failed)
+	}
 	if len(s.links) == 0 {
 		s.Close()
 		return nil, fmt.Errorf("%w: no livepatch function could be probed: %v", ErrNoBPF, s.info.Missing)
@@ -170,10 +214,13 @@ func Open(opts Options) (*Session, error) {
 	return s, nil
 }
 
-// rejectedProbe is a kprobe program the kernel's verifier refused.
+// rejectedProbe is a program the kernel refused: a kprobe one (the probe
+// is lost), or an fentry twin (fellBack: its kprobe program was loaded
+// instead).
 type rejectedProbe struct {
 	probe
-	why string
+	why      string
+	fellBack bool
 }
 
 // rejectedProg finds the program cilium/ebpf names in a load error.
@@ -183,15 +230,17 @@ var rejectedProg = regexp.MustCompile(`^program (\S+): `)
 // refuses would fail the whole collection, so each refused one is dropped,
 // and only it: the funcs or states iterator (named in funcsWhy and
 // statesWhy), or a kprobe program and its partner (returned, for the list
-// of what is not observable). The task iterator is needed: its refusal is
-// the error.
-func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy string) (coll *ebpf.Collection, _, statesWhy string, rejected []rejectedProbe, err error) {
+// of what is not observable). A refused fentry twin (a target the kernel
+// will not trampoline, a verifier difference of typed arguments) is
+// replaced by its kprobe program. The task iterator is needed: its refusal
+// is the error.
+func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy string, cache *btf.Cache) (coll *ebpf.Collection, _, statesWhy string, rejected []rejectedProbe, err error) {
 	statesWhy = funcsWhy
 	if !keep[statesProg] && statesWhy == "" {
 		statesWhy = "states iterator not loaded"
 	}
-	for range len(probes) + 2 {
-		coll, err = newCollection(spec, keep)
+	for range 2*len(probes) + 2 {
+		coll, err = newCollection(spec, keep, cache)
 		if err == nil {
 			return coll, funcsWhy, statesWhy, rejected, nil
 		}
@@ -213,14 +262,21 @@ func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy st
 				statesWhy = "states iterator rejected: " + msg
 			}
 		default:
+			if p, ok := twinOf(m[1]); ok {
+				keep[m[1]] = false
+				keep[p.prog] = true
+				rejected = append(rejected, rejectedProbe{p, fmt.Sprintf(whyFentryLoad, msg), true})
+				continue
+			}
 			for _, p := range probes {
-				if (p.prog == m[1] || p.pair == m[1]) && keep[p.prog] {
+				if (p.prog == m[1] || p.pair == m[1]) && (keep[p.prog] || keep[twin(p)]) {
 					keep[p.prog] = false
+					keep[twin(p)] = false
 					why := "rejected by the verifier: " + msg
 					if p.prog != m[1] {
 						why = "its partner was " + why
 					}
-					rejected = append(rejected, rejectedProbe{p, why})
+					rejected = append(rejected, rejectedProbe{p, why, false})
 					if p.symbol == "klp_try_complete_transition" {
 						// The programs must not wait for sweeps that never come.
 						if v := spec.Variables["sweep_probed"]; v != nil {
@@ -253,7 +309,7 @@ func OpenIterators() (*Session, error) {
 	}
 	funcsOK, funcsWhy := setHeads(spec, "/proc/kallsyms")
 	_ = rlimit.RemoveMemlock()
-	coll, funcsWhy, statesWhy, _, err := loadCollection(spec, map[string]bool{iterProg: true, funcsProg: funcsOK, statesProg: funcsOK}, funcsWhy)
+	coll, funcsWhy, statesWhy, _, err := loadCollection(spec, map[string]bool{iterProg: true, funcsProg: funcsOK, statesProg: funcsOK}, funcsWhy, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
@@ -277,24 +333,6 @@ func openTraceable() (map[string]bool, error) {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
 	return avail, nil
-}
-
-func chooseBackend(want string) (string, error) {
-	switch want {
-	case "", BackendAuto:
-		if features.HaveBPFLinkKprobeMulti() == nil {
-			return BackendKprobeMulti, nil
-		}
-		return BackendKprobe, nil
-	case BackendKprobeMulti:
-		if err := features.HaveBPFLinkKprobeMulti(); err != nil {
-			return "", fmt.Errorf("%w: kprobe-multi: %v", ErrNoBPF, err)
-		}
-		return BackendKprobeMulti, nil
-	case BackendKprobe:
-		return BackendKprobe, nil
-	}
-	return "", fmt.Errorf("unknown backend %q (auto, kprobe-multi, kprobe)", want)
 }
 
 // seedTransition tells the programs about a transition already running, so
@@ -321,14 +359,18 @@ func seedTransition(spec *ebpf.CollectionSpec, root string) error {
 // newCollection loads only the programs in keep: a single program the
 // kernel rejects (a CO-RE relocation against a type it lacks, say) would
 // fail the whole collection.
-func newCollection(spec *ebpf.CollectionSpec, keep map[string]bool) (*ebpf.Collection, error) {
+func newCollection(spec *ebpf.CollectionSpec, keep map[string]bool, cache *btf.Cache) (*ebpf.Collection, error) {
+	return newCollectionWith(spec, keep, ebpf.CollectionOptions{Cache: cache})
+}
+
+func newCollectionWith(spec *ebpf.CollectionSpec, keep map[string]bool, opts ebpf.CollectionOptions) (*ebpf.Collection, error) {
 	spec = spec.Copy()
 	for name := range spec.Programs {
 		if !keep[name] {
 			delete(spec.Programs, name)
 		}
 	}
-	coll, err := ebpf.NewCollection(spec)
+	coll, err := ebpf.NewCollectionWithOptions(spec, opts)
 	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -341,24 +383,67 @@ func newCollection(spec *ebpf.CollectionSpec, keep map[string]bool) (*ebpf.Colle
 }
 
 // attachAll attaches the planned programs, and detaches a probe whose
-// partner failed to attach.
-func (s *Session) attachAll(attach map[string][]string, backend string) (attached []string, failed []Missing) {
+// partner failed to attach. An fentry twin the kernel loaded but will not
+// link (no trampoline for that function) is replaced by its kprobe program,
+// loaded on the spot into a second collection over the same maps; those
+// are returned in fellBack (program -> why).
+func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]string, kmode string, cache *btf.Cache) (attached []string, failed []Missing, fellBack map[string]string) {
 	links := make(map[string]io.Closer)
 	points := make(map[string][]string)
-	for _, p := range probes {
-		syms, ok := attach[p.prog]
-		if !ok {
-			continue
-		}
-		l, err := attachOne(s.coll.Programs[p.prog], syms, p.ret, backend)
+	fellBack = make(map[string]string)
+	place := func(p probe, prog *ebpf.Program) bool {
+		l, err := attachOne(prog, attach[p.prog], p.ret, kmode)
 		if err != nil {
 			failed = append(failed, Missing{Symbol: probeName(p.symbol, p.ret), Why: "attach: " + err.Error()})
-			continue
+			return false
 		}
 		links[p.prog] = l
-		for _, sym := range syms {
+		for _, sym := range attach[p.prog] {
 			points[p.prog] = append(points[p.prog], probeName(sym, p.ret))
 		}
+		return true
+	}
+	var retry []probe
+	for _, p := range probes {
+		if _, ok := attach[p.prog]; !ok {
+			continue
+		}
+		if tw := s.coll.Programs[twin(p)]; tw != nil {
+			at := ebpf.AttachTraceFEntry
+			if p.ret {
+				at = ebpf.AttachTraceFExit
+			}
+			l, err := link.AttachTracing(link.TracingOptions{Program: tw, AttachType: at})
+			if err != nil {
+				fellBack[p.prog] = fmt.Sprintf(whyFentryLink, err)
+				retry = append(retry, p)
+				continue
+			}
+			links[p.prog] = l
+			points[p.prog] = append(points[p.prog], probeName(attach[p.prog][0], p.ret))
+			continue
+		}
+		if prog := s.coll.Programs[p.prog]; prog != nil {
+			place(p, prog)
+		}
+	}
+	if len(retry) > 0 {
+		keep := make(map[string]bool)
+		for _, p := range retry {
+			keep[p.prog] = true
+		}
+		extra, err := newCollectionWith(spec, keep, ebpf.CollectionOptions{MapReplacements: s.coll.Maps, Cache: cache})
+		for _, p := range retry {
+			if err != nil {
+				failed = append(failed, Missing{Symbol: probeName(p.symbol, p.ret), Why: fellBack[p.prog] + "; kprobe: " + firstLine(err)})
+				delete(fellBack, p.prog)
+				continue
+			}
+			if !place(p, extra.Programs[p.prog]) {
+				delete(fellBack, p.prog)
+			}
+		}
+		s.extra = extra
 	}
 	for _, p := range probes {
 		l, ok := links[p.prog]
@@ -368,13 +453,14 @@ func (s *Session) attachAll(attach map[string][]string, backend string) (attache
 		if p.pair != "" && links[p.pair] == nil {
 			l.Close()
 			failed = append(failed, Missing{Symbol: probeName(p.symbol, p.ret), Why: whyPartner})
+			delete(fellBack, p.prog)
 			continue
 		}
 		s.links = append(s.links, l)
 		attached = append(attached, points[p.prog]...)
 	}
 	sort.Strings(attached)
-	return attached, failed
+	return attached, failed, fellBack
 }
 
 func attachOne(prog *ebpf.Program, syms []string, ret bool, backend string) (io.Closer, error) {
@@ -440,6 +526,9 @@ func (s *Session) Close() error {
 		}
 		if s.coll != nil {
 			s.coll.Close()
+		}
+		if s.extra != nil {
+			s.extra.Close()
 		}
 		s.closeErr = errors.Join(errs...)
 	})

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 
 	"github.com/klptop/klptop/internal/event"
@@ -132,8 +133,26 @@ func TestPlanCoversEveryProgram(t *testing.T) {
 	known := map[string]bool{iterProg: true, funcsProg: true, statesProg: true}
 	for _, p := range probes {
 		known[p.prog] = true
+		known[twin(p)] = true
 		if spec.Programs[p.prog] == nil {
 			t.Errorf("probe %s has no program in the object", p.prog)
+		}
+		// The fentry backend swaps one for the other: the twin must hook
+		// the same side of the same function.
+		tw := spec.Programs[twin(p)]
+		if tw == nil {
+			t.Errorf("probe %s has no fentry/fexit twin %s in the object", p.prog, twin(p))
+			continue
+		}
+		want := ebpf.AttachTraceFEntry
+		if p.ret {
+			want = ebpf.AttachTraceFExit
+		}
+		if tw.Type != ebpf.Tracing || tw.AttachType != want {
+			t.Errorf("%s: type %v attach %v, want Tracing %v", twin(p), tw.Type, tw.AttachType, want)
+		}
+		if kp := spec.Programs[p.prog]; kp != nil && tw.AttachTo != kp.AttachTo {
+			t.Errorf("%s goes on %s by default, its kprobe %s on %s", twin(p), tw.AttachTo, p.prog, kp.AttachTo)
 		}
 	}
 	for name := range spec.Programs {
@@ -272,7 +291,7 @@ func TestTaskIterator(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	coll, err := newCollection(spec, map[string]bool{iterProg: true})
+	coll, err := newCollection(spec, map[string]bool{iterProg: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,7 @@ const Format = "klptop-trace"
 // bump only adds fields or event types, which older readers skip.
 const (
 	Major = 1
-	Minor = 4
+	Minor = 5
 )
 
 // Missing is a kernel function klptop wanted to probe and could not.
@@ -50,6 +50,9 @@ type Header struct {
 	PollIntervalNs uint64    `json:"poll_interval_ns,omitempty"`
 	Attached       []string  `json:"attached"`
 	Missing        []Missing `json:"missing"`
+	// Fallback (1.5): with backend "fentry", the attached probe points
+	// that went on as kprobes instead, and why.
+	Fallback []Missing `json:"fallback,omitempty"`
 	// Command run under `klptop record -- COMMAND`, if any.
 	Command []string `json:"command,omitempty"`
 }

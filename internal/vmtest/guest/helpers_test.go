@@ -60,6 +60,12 @@ func startRecord(t *testing.T, name, script string) func() *recording {
 // to the same name with .log.
 func startRecordTo(t *testing.T, path, script string) func() *recording {
 	t.Helper()
+	return startRecordArgs(t, path, script)
+}
+
+// startRecordArgs is startRecordTo with extra klptop record flags.
+func startRecordArgs(t *testing.T, path, script string, flags ...string) func() *recording {
+	t.Helper()
 	needKlptop(t)
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -70,7 +76,8 @@ func startRecordTo(t *testing.T, path, script string) func() *recording {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	cmd := exec.CommandContext(ctx, klptopBin, "record", "-o", path, "--", "sh", "-c", script)
+	args := append(append([]string{"record", "-o", path}, flags...), "--", "sh", "-c", script)
+	cmd := exec.CommandContext(ctx, klptopBin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGINT) }
 	cmd.WaitDelay = 10 * time.Second

@@ -1,0 +1,120 @@
+package probes
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestPickBackend(t *testing.T) {
+	ok := func() error { return nil }
+	no := func() error { return errors.New("refused") }
+	for _, tc := range []struct {
+		want          string
+		fentry, multi func() error
+		got, err      string
+	}{
+		{"", ok, ok, BackendFentry, ""},
+		{BackendAuto, ok, no, BackendFentry, ""},
+		{BackendAuto, no, ok, BackendKprobeMulti, ""},
+		{BackendAuto, no, no, BackendKprobe, ""},
+		{BackendFentry, ok, no, BackendFentry, ""},
+		{BackendFentry, no, ok, "", "fentry: refused"},
+		{BackendKprobeMulti, ok, ok, BackendKprobeMulti, ""},
+		{BackendKprobeMulti, ok, no, "", "kprobe-multi: refused"},
+		{BackendKprobe, ok, ok, BackendKprobe, ""},
+		{"uprobe", ok, ok, "", "unknown backend"},
+	} {
+		got, err := pickBackend(tc.want, tc.fentry, tc.multi)
+		if got != tc.got {
+			t.Errorf("pickBackend(%q, fentry %v, multi %v) = %q, want %q", tc.want, tc.fentry(), tc.multi(), got, tc.got)
+		}
+		if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("pickBackend(%q, fentry %v, multi %v): error %v, want %q", tc.want, tc.fentry(), tc.multi(), err, tc.err)
+		}
+		// A refused forced backend must reach the caller as a BPF problem:
+		// that is what turns it into klptop's one-line error.
+		if tc.err != "" && tc.want != "uprobe" && !errors.Is(err, ErrNoBPF) {
+			t.Errorf("pickBackend(%q): %v does not wrap ErrNoBPF", tc.want, err)
+		}
+	}
+}
+
+// A probe gets its fentry twin only on one function with BTF; everything
+// else stays a kprobe and says why.
+func TestFentryTargets(t *testing.T) {
+	attach := map[string][]string{
+		"klp_enable_patch":                   {"klp_enable_patch"},
+		"klp_start_transition":               {"klp_start_transition.part.0"},
+		"klp_cancel_transition":              {"klp_cancel_transition.isra.0", "klp_cancel_transition.constprop.0"},
+		"klp_signal":                         {"wake_up_state"},
+		"klp_check_and_switch_task":          {"klp_check_and_switch_task"},
+		"klp_check_and_switch_task_ret":      {"klp_check_and_switch_task"},
+		"funcs_changed_klp_start_transition": {"klp_start_transition.part.0"},
+	}
+	inBTF := func(fn string) bool { return fn != "wake_up_state" && !strings.Contains(fn, ".") }
+	targets, fallback := fentryTargets(attach, inBTF)
+	wantTargets := map[string]string{
+		"klp_enable_patch":              "klp_enable_patch",
+		"klp_check_and_switch_task":     "klp_check_and_switch_task",
+		"klp_check_and_switch_task_ret": "klp_check_and_switch_task",
+	}
+	if len(targets) != len(wantTargets) {
+		t.Errorf("targets %v, want %v", targets, wantTargets)
+	}
+	for prog, sym := range wantTargets {
+		if targets[prog] != sym {
+			t.Errorf("%s: target %q, want %q", prog, targets[prog], sym)
+		}
+	}
+	for prog, want := range map[string]string{
+		"klp_start_transition":               "compiler clone klp_start_transition.part.0",
+		"funcs_changed_klp_start_transition": "compiler clone klp_start_transition.part.0",
+		"klp_cancel_transition":              "one function",
+		"klp_signal":                         "wake_up_state not in the kernel BTF",
+	} {
+		if !strings.Contains(fallback[prog], want) {
+			t.Errorf("%s: fallback %q, want it to say %q", prog, fallback[prog], want)
+		}
+	}
+	if len(targets)+len(fallback) != len(attach) {
+		t.Errorf("%d targets and %d fallbacks for %d planned probes", len(targets), len(fallback), len(attach))
+	}
+	if got := probeTarget(attach, inBTF); got != "klp_enable_patch" {
+		t.Errorf("probeTarget = %q, want the first fentry target, klp_enable_patch", got)
+	}
+	if got := probeTarget(attach, func(string) bool { return false }); got != "" {
+		t.Errorf("probeTarget without BTF = %q", got)
+	}
+}
+
+// Info.Fallback names probe points as Attached does, once each, and leaves
+// out what did not attach at all.
+func TestFallbackList(t *testing.T) {
+	attach := map[string][]string{
+		"klp_start_transition":                  {"klp_start_transition.part.0"},
+		"klp_complete_transition":               {"klp_complete_transition"},
+		"funcs_changed_klp_complete_transition": {"klp_complete_transition"},
+		"klp_signal":                            {"wake_up_state"},
+	}
+	why := map[string]string{
+		"klp_start_transition":                  "clone",
+		"klp_complete_transition":               "refused",
+		"funcs_changed_klp_complete_transition": "refused",
+		"klp_signal":                            "no BTF",
+		"klp_enable_patch":                      "not planned",
+	}
+	got := fallbackList(attach, why, []Missing{{Symbol: "wake_up_state", Why: "attach: busy"}})
+	want := []Missing{
+		{Symbol: "klp_start_transition.part.0", Why: "clone"},
+		{Symbol: "klp_complete_transition%return", Why: "refused"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("fallbackList = %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("fallbackList[%d] = %v, want %v", i, got[i], want[i])
+		}
+	}
+}

@@ -1,0 +1,170 @@
+//go:build guest
+
+package guest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/klptop/klptop/internal/event"
+	"github.com/klptop/klptop/internal/trace"
+)
+
+// attachLine is klptop's start-up note: "N probes attached (BACKEND) in D".
+var attachLine = regexp.MustCompile(`(\d+) probes attached \((\S+)\) in (\S+)`)
+
+// attachNote reads the attach note from a recording's klptop output.
+func attachNote(t *testing.T, rec *recording) (n, backend, took string) {
+	t.Helper()
+	b, err := os.ReadFile(strings.TrimSuffix(rec.path, filepath.Ext(rec.path)) + ".log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := attachLine.FindStringSubmatch(string(b))
+	if m == nil {
+		t.Fatalf("no attach note in klptop's output:\n%s", b)
+	}
+	return m[1], m[2], m[3]
+}
+
+// TestFentryBackend: the sample livepatch's patch and unpatch recorded with
+// --backend fentry tell the same story as with kprobes: same milestones,
+// sweeps, checks with reasons, switches and function stacks. Probes fentry
+// cannot take (clones, functions without BTF, refused) go on as kprobes and
+// the header says which. Also logs what auto picks here and the attach time
+// of each backend.
+func TestFentryBackend(t *testing.T) {
+	needKlptop(t)
+	t.Cleanup(func() { unloadPatch(t, sampleName, "livepatch_sample") })
+	dir := filepath.Join(outDir, "traces")
+
+	// auto: what this kernel gets by default.
+	autoPath := filepath.Join(dir, "fentry-auto.ndjson")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(klptopBin, "record", "-o", autoPath, "--", "true").CombinedOutput()
+	if err != nil {
+		t.Fatalf("klptop record (auto): %v\n%s", err, out)
+	}
+	auto := readTrace(t, autoPath)
+	m := attachLine.FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("no attach note in klptop's output:\n%s", out)
+	}
+	t.Logf("auto: backend %s, %s probes attached in %s", auto.header.Backend, m[1], m[3])
+
+	kmode := "kprobe-multi"
+	if auto.header.Backend == "kprobe" {
+		kmode = "kprobe"
+	}
+	mark := kmsgMark(t)
+	fe := startRecordArgs(t, filepath.Join(dir, "fentry.ndjson"), sampleScript, "--backend", "fentry")()
+	klog := readKmsg(t, mark)
+	kp := startRecordArgs(t, filepath.Join(dir, "fentry-"+kmode+".ndjson"), sampleScript, "--backend", kmode)()
+
+	feN, feBackend, feTook := attachNote(t, fe)
+	kpN, kpBackend, kpTook := attachNote(t, kp)
+	t.Logf("attach time on %s: fentry %s (%s probes), %s %s (%s probes), auto (%s) %s",
+		kernelRelease(t), feTook, feN, kpBackend, kpTook, kpN, auto.header.Backend, m[3])
+	if feBackend != "fentry" || fe.header.Backend != "fentry" {
+		t.Errorf("--backend fentry: note says %s, header says %q", feBackend, fe.header.Backend)
+	}
+	if kp.header.Backend != kmode {
+		t.Errorf("--backend %s: header says %q", kmode, kp.header.Backend)
+	}
+	if len(kp.header.Fallback) != 0 {
+		t.Errorf("%s recording has fentry fallbacks: %v", kmode, kp.header.Fallback)
+	}
+
+	t.Run("header", func(t *testing.T) {
+		t.Logf("fentry attached %d: %v", len(fe.header.Attached), fe.header.Attached)
+		for _, f := range fe.header.Fallback {
+			t.Logf("kprobe instead of fentry: %s (%s)", f.Symbol, f.Why)
+			if !slices.Contains(fe.header.Attached, f.Symbol) {
+				t.Errorf("fallback %s is not among the attached points", f.Symbol)
+			}
+		}
+		// The fallback is per probe: most must have gone on as fentry,
+		// or the backend is fentry in name only.
+		if len(fe.header.Fallback)*2 > len(fe.header.Attached) {
+			t.Errorf("%d of %d points fell back to kprobes", len(fe.header.Fallback), len(fe.header.Attached))
+		}
+		// A compiler clone has no BTF: it can only be a kprobe.
+		for _, a := range fe.header.Attached {
+			if strings.Contains(strings.TrimSuffix(a, "%return"), ".") && !slices.ContainsFunc(fe.header.Fallback, func(f trace.Missing) bool { return f.Symbol == a }) {
+				t.Errorf("clone %s attached, but not listed as a kprobe fallback", a)
+			}
+		}
+		// Same probe points as the kprobe backend: what is observable
+		// does not depend on how it is attached.
+		if got, want := strings.Join(fe.header.Attached, " "), strings.Join(kp.header.Attached, " "); got != want {
+			t.Errorf("attached with fentry:\n  %s\nwith %s:\n  %s", got, kmode, want)
+		}
+		if got, want := fmt.Sprint(fe.header.Missing), fmt.Sprint(kp.header.Missing); got != want {
+			t.Errorf("missing with fentry %s, with %s %s", got, kmode, want)
+		}
+	})
+
+	t.Run("events", func(t *testing.T) {
+		want := []string{"transition_init/1", "transition_start", "transition_complete",
+			"transition_init/0", "transition_start", "transition_complete"}
+		for _, rec := range []*recording{fe, kp} {
+			ms, _ := rec.milestones()
+			var got []string
+			for _, e := range ms {
+				s := string(e.Type)
+				if e.Type == event.TransitionInit {
+					s += fmt.Sprintf("/%d", e.Target)
+				}
+				got = append(got, s)
+			}
+			if strings.Join(got, " ") != strings.Join(want, " ") {
+				t.Errorf("%s: milestones %v, want %v", rec.header.Backend, got, want)
+			}
+		}
+		feTypes, kpTypes := eventTypes(fe), eventTypes(kp)
+		t.Logf("fentry: %v", feTypes)
+		t.Logf("%s: %v", kmode, kpTypes)
+		for _, ty := range []event.Type{event.SweepStart, event.SweepEnd, event.TaskCheck, event.FuncStack} {
+			if feTypes[ty] == 0 {
+				t.Errorf("no %s event with fentry", ty)
+			}
+		}
+		// Whatever the kprobes saw of a transition, fentry sees too. Task
+		// switches by the tasks themselves depend on timing, so they are
+		// compared by presence, not count.
+		for ty, n := range kpTypes {
+			if n > 0 && feTypes[ty] == 0 {
+				t.Errorf("%s: %d with %s, none with fentry", ty, n, kmode)
+			}
+		}
+		// Every check carries the kernel's verdict: fexit reads the
+		// return value like the kretprobe did.
+		reasons := map[string]int{}
+		for _, e := range fe.events {
+			if e.Type == event.TaskCheck {
+				reasons[e.Reason]++
+			}
+		}
+		t.Logf("fentry task_check reasons: %v", reasons)
+		if reasons[event.ReasonSwitched] == 0 || reasons[""] > 0 {
+			t.Errorf("fentry task_check reasons %v: want switched ones and none without a reason", reasons)
+		}
+	})
+	t.Run("kernel_log", func(t *testing.T) { checkAgainstKernelLog(t, fe, klog) })
+}
+
+func eventTypes(rec *recording) map[event.Type]int {
+	m := map[event.Type]int{}
+	for _, e := range rec.events {
+		m[e.Type]++
+	}
+	return m
+}
