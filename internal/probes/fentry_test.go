@@ -2,6 +2,9 @@ package probes
 
 import (
 	"errors"
+	"maps"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -116,5 +119,41 @@ func TestFallbackList(t *testing.T) {
 		if got[i] != want[i] {
 			t.Errorf("fallbackList[%d] = %v, want %v", i, got[i], want[i])
 		}
+	}
+}
+
+// An fentry twin the kernel will not load (here: a target it does not
+// have) is swapped for its kprobe program, not lost.
+func TestLoadCollectionFallsBackToKprobe(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		t.Skip("no kernel BTF")
+	}
+	spec, err := loadKlptop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var start probe
+	for _, p := range probes {
+		if p.prog == "klp_start_transition" {
+			start = p
+		}
+	}
+	spec.Programs[twin(start)].AttachTo = "klptop_no_such_function"
+	keep := map[string]bool{iterProg: true, twin(start): true}
+	coll, _, _, rejected, err := loadCollection(spec, keep, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coll.Close()
+	if len(rejected) != 1 || !rejected[0].fellBack || rejected[0].prog != start.prog ||
+		!strings.HasPrefix(rejected[0].why, "fentry refused: ") {
+		t.Fatalf("rejected %+v, want klp_start_transition's twin refused and fallen back", rejected)
+	}
+	t.Logf("why: %s", rejected[0].why)
+	if coll.Programs[start.prog] == nil || coll.Programs[twin(start)] != nil {
+		t.Errorf("loaded %v, want the kprobe program instead of the twin", slices.Collect(maps.Keys(coll.Programs)))
 	}
 }

@@ -117,6 +117,7 @@ func Open(opts Options) (*Session, error) {
 	}
 	start := time.Now()
 	attach, missing := plan(avail)
+	_ = rlimit.RemoveMemlock() // kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK, the fentry check's too
 	// One decoding of the kernel's BTF for the target checks and every load.
 	cache := btf.NewCache()
 	inBTF := kernelFuncs(cache)
@@ -177,7 +178,6 @@ func Open(opts Options) (*Session, error) {
 			}
 		}
 	}
-	_ = rlimit.RemoveMemlock() // kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK
 	coll, funcsWhy, statesWhy, rejected, err := loadCollection(spec, keep, funcsWhy, cache)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
