@@ -157,10 +157,14 @@ func TestFentryBackend(t *testing.T) {
 			}
 		}
 		// Whatever the kprobes saw of a transition, fentry sees too. Counts
-		// depend on timing (sweeps retried, tasks switching themselves),
-		// so types are compared by presence.
+		// depend on timing (sweeps retried), so types are compared by
+		// presence. Except task_switch: whether any task switches itself
+		// before a sweep switches it is a race, on 7.x's single vCPU
+		// usually lost (0 to 3 such switches in either backend, all of
+		// klptop's own threads at a syscall exit); it is logged.
+		t.Logf("task_switch: %d with fentry, %d with %s", feTypes[event.TaskSwitch], kpTypes[event.TaskSwitch], kmode)
 		for ty, n := range kpTypes {
-			if n > 0 && feTypes[ty] == 0 {
+			if n > 0 && feTypes[ty] == 0 && ty != event.TaskSwitch {
 				t.Errorf("%s: %d with %s, none with fentry", ty, n, kmode)
 			}
 		}
