@@ -4,6 +4,7 @@ package guest
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 
 	"github.com/klptop/klptop/internal/event"
 	"github.com/klptop/klptop/internal/trace"
@@ -190,4 +195,80 @@ func eventTypes(rec *recording) map[event.Type]int {
 		m[e.Type]++
 	}
 	return m
+}
+
+// TestFentryFallbackOnRefusedLink: a function whose trampoline the kernel
+// refuses once klptop's programs are loaded (here: klp_init_transition's,
+// filled to the kernel's limit of programs per trampoline beforehand) gets
+// its kprobe program instead, loaded afterwards over the same maps: the
+// recording still shows each transition_init, named after its patch (the
+// transition state it sets lives in the shared .bss), and the header says
+// why that probe is a kprobe.
+func TestFentryFallbackOnRefusedLink(t *testing.T) {
+	needKlptop(t)
+	t.Cleanup(func() { unloadPatch(t, sampleName, "livepatch_sample") })
+	const target = "klp_init_transition"
+	var held []io.Closer
+	t.Cleanup(func() {
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	for i := 0; ; i++ {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: target, License: "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+		})
+		if err != nil {
+			t.Fatalf("fentry program on %s: %v", target, err)
+		}
+		held = append(held, prog)
+		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceFEntry})
+		if err != nil {
+			if i == 0 {
+				t.Fatalf("no fentry link on %s at all: %v", target, err)
+			}
+			t.Logf("trampoline of %s full after %d links: %v", target, i, err)
+			break
+		}
+		held = append(held, l)
+		if i > 200 {
+			t.Fatalf("%d fentry links on %s and no limit", i, target)
+		}
+	}
+
+	rec := startRecordArgs(t, filepath.Join(outDir, "traces", "fentry-refused.ndjson"), pacedSampleScript, "--backend", "fentry")()
+	if rec.header.Backend != "fentry" {
+		t.Errorf("header backend %q, want fentry", rec.header.Backend)
+	}
+	var why string
+	for _, f := range rec.header.Fallback {
+		if f.Symbol == target {
+			why = f.Why
+		}
+	}
+	t.Logf("fallback: %v", rec.header.Fallback)
+	if !strings.HasPrefix(why, "fentry attach: ") {
+		t.Errorf("header fallback for %s: %q, want the refused link", target, why)
+	}
+	if !slices.Contains(rec.header.Attached, target) {
+		t.Errorf("%s not attached: %v (missing %v)", target, rec.header.Attached, rec.header.Missing)
+	}
+	var inits []string
+	for _, e := range rec.events {
+		if e.Type == event.TransitionInit {
+			inits = append(inits, fmt.Sprintf("%s/%d", e.Patch, e.Target))
+		}
+	}
+	want := []string{sampleName + "/1", sampleName + "/0"}
+	if !slices.Equal(inits, want) {
+		t.Errorf("transition_init events %v, want %v", inits, want)
+	}
+	// The events of the fentry programs see what the fallen-back kprobe
+	// set: the transition's patch name.
+	for _, e := range rec.events {
+		if e.Type == event.TransitionComplete && e.Patch != sampleName {
+			t.Errorf("transition_complete of patch %q, want %q", e.Patch, sampleName)
+		}
+	}
 }
