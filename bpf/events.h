@@ -37,6 +37,10 @@ enum klptop_event_type {
 	EV_NOPS_DISCARD,  /* patch's nop functions discarded */
 	EV_PATCH_FREE,    /* patch freed */
 	EV_REPLACED_FREE, /* the patches patch replaced are freed */
+	/* Internal: one object's callbacks (cb[], func: the object); user space probes them. Never in a trace. */
+	EV_CALLBACKS,
+	/* A callback returned: id its address, func "symbol [module]", patch the object, duration, ret, version its kind + 1 when bracketed. */
+	EV_CALLBACK,
 };
 
 enum klptop_path {
@@ -54,6 +58,17 @@ enum klptop_path {
 /* flags */
 #define EVF_REPLACE 0x1    /* klp_patch.replace */
 #define EVF_WANT_STACK 0x2 /* task_check: (pid, ret, func) differs from this task's last check */
+#define EVF_BRACKET 0x4    /* callback: timed from the kernel's steps around it, not probed */
+#define EVF_FAILED 0x8     /* callback: a pre-patch callback whose failure cancelled the enable */
+
+/* cb[] of EV_CALLBACKS, in struct klp_callbacks order */
+enum klptop_callback {
+	CB_PRE_PATCH = 0,
+	CB_POST_PATCH,
+	CB_PRE_UNPATCH,
+	CB_POST_UNPATCH,
+	CB_MAX,
+};
 
 #define STATE_UNKNOWN (-2)
 
@@ -78,6 +93,7 @@ struct event {
 	__u64 id;      /* EV_KLP_STATE: klp_state.id */
 	__u32 version; /* EV_KLP_STATE: klp_state.version */
 	__u32 _pad2;
+	__u64 cb[CB_MAX]; /* EV_CALLBACKS: the object's callback addresses */
 };
 
 /* One per task from the iter/task program, followed by stack_len u64 addresses. */

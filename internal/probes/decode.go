@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"strings"
 
 	"github.com/klptop/klptop/internal/event"
 )
@@ -20,7 +21,8 @@ const (
 	offFunc     = offPatch + patchLen
 	offID       = offFunc + funcLen
 	offVersion  = offID + 8
-	eventSize   = offVersion + 8
+	offCB       = offVersion + 8
+	eventSize   = offCB + 8*cbMax
 	taskRecSize = 16 + commLen
 )
 
@@ -49,7 +51,14 @@ var eventTypes = [...]event.Type{
 	21: event.NopsDiscard,
 	22: event.PatchFree,
 	23: event.ReplacedFree,
+	24: callbacksSeen,
+	25: event.Callback,
 }
+
+// enum klptop_callback: the order of cb[] in EV_CALLBACKS.
+const cbMax = 4
+
+var callbackKinds = [cbMax]string{event.CallbackPrePatch, event.CallbackPostPatch, event.CallbackPreUnpatch, event.CallbackPostUnpatch}
 
 // enum klptop_path
 var paths = [...]string{0: "", 1: event.PathUser, 2: event.PathIdle, 3: event.PathFork, 4: event.PathSched, 5: event.PathWake, 6: event.PathSignal,
@@ -58,12 +67,18 @@ var paths = [...]string{0: "", 1: event.PathUser, 2: event.PathIdle, 3: event.Pa
 const (
 	flagReplace   = 0x1
 	flagWantStack = 0x2
+	flagBracket   = 0x4
+	flagFailed    = 0x8
 )
 
 // rawEvent is a decoded struct event plus what is not in event.Event.
 type rawEvent struct {
 	event.Event
 	wantStack bool
+	// callbacksSeen: an object's callback addresses. Callback: its
+	// address (addr, a function pointer or the probed address).
+	cb   [cbMax]uint64
+	addr uint64
 }
 
 func cstr(b []byte) string {
@@ -107,6 +122,24 @@ func decodeEvent(b []byte) (rawEvent, error) {
 	if e.Type == event.KlpState {
 		e.ID = le.Uint64(b[offID:])
 		e.Version = int(le.Uint32(b[offVersion:]))
+	}
+	switch e.Type {
+	case callbacksSeen:
+		for i := range e.cb {
+			e.cb[i] = le.Uint64(b[offCB+8*i:])
+		}
+		e.Object, e.Func = objectName(e.Func), ""
+	case event.Callback:
+		e.addr = le.Uint64(b[offID:])
+		e.Bracketed = flags&flagBracket != 0
+		// A bracketed one says which it is (kind + 1): nothing probed it.
+		if k := int(le.Uint32(b[offVersion:])); k >= 1 && k <= cbMax {
+			e.Callback = callbackKinds[k-1]
+		}
+		// The object is in patch; func is "symbol [module]" (%ps).
+		e.Object = objectName(e.Patch)
+		name, mod, _ := strings.Cut(e.Func, " [")
+		e.Func, e.Patch = name, strings.TrimSuffix(mod, "]")
 	}
 	switch e.Type {
 	case event.ModuleComing, event.ModuleGoing, event.ModuleApply, event.ModuleRevert:

@@ -13,6 +13,29 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type klptopCbBracket struct {
+	_         structs.HostLayout
+	Patch     uint64
+	Since     uint64
+	FailedObj uint64
+	FailedDur uint64
+}
+
+type klptopCbCall struct {
+	_     structs.HostLayout
+	Start uint64
+	Ip    uint64
+	Obj   uint64
+}
+
+type klptopCbComplete struct {
+	_         structs.HostLayout
+	Start     uint64
+	Patch     uint64
+	Probed    uint32
+	Cancelled uint32
+}
+
 type klptopCheckArgs struct {
 	_       structs.HostLayout
 	Task    uint64
@@ -94,6 +117,9 @@ type klptopTaskOut struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	klptopMapCbBrackets                         = "cb_brackets"
+	klptopMapCbCalls                            = "cb_calls"
+	klptopMapCbCompletes                        = "cb_completes"
 	klptopMapCheckStash                         = "check_stash"
 	klptopMapEvents                             = "events"
 	klptopMapFuncRecs                           = "func_recs"
@@ -106,6 +132,17 @@ const (
 	klptopMapStateRecs                          = "state_recs"
 	klptopMapSweepScratch                       = "sweep_scratch"
 	klptopMapUpdateStash                        = "update_stash"
+	klptopProgCallbacksInit                     = "callbacks_init"
+	klptopProgCbBracketCancel                   = "cb_bracket_cancel"
+	klptopProgCbBracketClose                    = "cb_bracket_close"
+	klptopProgCbBracketDone                     = "cb_bracket_done"
+	klptopProgCbBracketInit                     = "cb_bracket_init"
+	klptopProgCbBracketOpen                     = "cb_bracket_open"
+	klptopProgCbBracketReopen                   = "cb_bracket_reopen"
+	klptopProgCbBracketRet                      = "cb_bracket_ret"
+	klptopProgCbCompleteCancel                  = "cb_complete_cancel"
+	klptopProgCbCompleteEntry                   = "cb_complete_entry"
+	klptopProgCbCompleteRet                     = "cb_complete_ret"
 	klptopProgFuncsChangedKlpCancelTransition   = "funcs_changed_klp_cancel_transition"
 	klptopProgFuncsChangedKlpCompleteTransition = "funcs_changed_klp_complete_transition"
 	klptopProgFuncsChangedKlpDiscardNops        = "funcs_changed_klp_discard_nops"
@@ -115,6 +152,8 @@ const (
 	klptopProgFuncsChangedKlpReverseTransition  = "funcs_changed_klp_reverse_transition"
 	klptopProgFuncsChangedKlpStartTransition    = "funcs_changed_klp_start_transition"
 	klptopProgFuncsChangedKlpUnpatchObjects     = "funcs_changed_klp_unpatch_objects"
+	klptopProgKlpCallback                       = "klp_callback"
+	klptopProgKlpCallbackRet                    = "klp_callback_ret"
 	klptopProgKlpCancelTransition               = "klp_cancel_transition"
 	klptopProgKlpCheckAndSwitchTask             = "klp_check_and_switch_task"
 	klptopProgKlpCheckAndSwitchTaskRet          = "klp_check_and_switch_task_ret"
@@ -146,9 +185,11 @@ const (
 	klptopProgShadowFreeAll                     = "shadow_free_all"
 	klptopProgShadowGetOrAlloc                  = "shadow_get_or_alloc"
 	klptopProgShadowGetOrAllocRet               = "shadow_get_or_alloc_ret"
+	klptopProgSnapshotCallbacks                 = "snapshot_callbacks"
 	klptopProgSnapshotFuncs                     = "snapshot_funcs"
 	klptopProgSnapshotStates                    = "snapshot_states"
 	klptopProgSnapshotTasks                     = "snapshot_tasks"
+	klptopVarCbPatch                            = "cb_patch"
 	klptopVarCurPatch                           = "cur_patch"
 	klptopVarCurTarget                          = "cur_target"
 	klptopVarKlpMutexAddr                       = "klp_mutex_addr"
@@ -212,6 +253,17 @@ type klptopSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type klptopProgramSpecs struct {
+	CallbacksInit                     *ebpf.ProgramSpec `ebpf:"callbacks_init"`
+	CbBracketCancel                   *ebpf.ProgramSpec `ebpf:"cb_bracket_cancel"`
+	CbBracketClose                    *ebpf.ProgramSpec `ebpf:"cb_bracket_close"`
+	CbBracketDone                     *ebpf.ProgramSpec `ebpf:"cb_bracket_done"`
+	CbBracketInit                     *ebpf.ProgramSpec `ebpf:"cb_bracket_init"`
+	CbBracketOpen                     *ebpf.ProgramSpec `ebpf:"cb_bracket_open"`
+	CbBracketReopen                   *ebpf.ProgramSpec `ebpf:"cb_bracket_reopen"`
+	CbBracketRet                      *ebpf.ProgramSpec `ebpf:"cb_bracket_ret"`
+	CbCompleteCancel                  *ebpf.ProgramSpec `ebpf:"cb_complete_cancel"`
+	CbCompleteEntry                   *ebpf.ProgramSpec `ebpf:"cb_complete_entry"`
+	CbCompleteRet                     *ebpf.ProgramSpec `ebpf:"cb_complete_ret"`
 	FuncsChangedKlpCancelTransition   *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_cancel_transition"`
 	FuncsChangedKlpCompleteTransition *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_complete_transition"`
 	FuncsChangedKlpDiscardNops        *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_discard_nops"`
@@ -221,6 +273,8 @@ type klptopProgramSpecs struct {
 	FuncsChangedKlpReverseTransition  *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_reverse_transition"`
 	FuncsChangedKlpStartTransition    *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_start_transition"`
 	FuncsChangedKlpUnpatchObjects     *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_unpatch_objects"`
+	KlpCallback                       *ebpf.ProgramSpec `ebpf:"klp_callback"`
+	KlpCallbackRet                    *ebpf.ProgramSpec `ebpf:"klp_callback_ret"`
 	KlpCancelTransition               *ebpf.ProgramSpec `ebpf:"klp_cancel_transition"`
 	KlpCheckAndSwitchTask             *ebpf.ProgramSpec `ebpf:"klp_check_and_switch_task"`
 	KlpCheckAndSwitchTaskRet          *ebpf.ProgramSpec `ebpf:"klp_check_and_switch_task_ret"`
@@ -252,6 +306,7 @@ type klptopProgramSpecs struct {
 	ShadowFreeAll                     *ebpf.ProgramSpec `ebpf:"shadow_free_all"`
 	ShadowGetOrAlloc                  *ebpf.ProgramSpec `ebpf:"shadow_get_or_alloc"`
 	ShadowGetOrAllocRet               *ebpf.ProgramSpec `ebpf:"shadow_get_or_alloc_ret"`
+	SnapshotCallbacks                 *ebpf.ProgramSpec `ebpf:"snapshot_callbacks"`
 	SnapshotFuncs                     *ebpf.ProgramSpec `ebpf:"snapshot_funcs"`
 	SnapshotStates                    *ebpf.ProgramSpec `ebpf:"snapshot_states"`
 	SnapshotTasks                     *ebpf.ProgramSpec `ebpf:"snapshot_tasks"`
@@ -261,6 +316,9 @@ type klptopProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type klptopMapSpecs struct {
+	CbBrackets   *ebpf.MapSpec `ebpf:"cb_brackets"`
+	CbCalls      *ebpf.MapSpec `ebpf:"cb_calls"`
+	CbCompletes  *ebpf.MapSpec `ebpf:"cb_completes"`
 	CheckStash   *ebpf.MapSpec `ebpf:"check_stash"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	FuncRecs     *ebpf.MapSpec `ebpf:"func_recs"`
@@ -279,6 +337,7 @@ type klptopMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type klptopVariableSpecs struct {
+	CbPatch           *ebpf.VariableSpec `ebpf:"cb_patch"`
 	CurPatch          *ebpf.VariableSpec `ebpf:"cur_patch"`
 	CurTarget         *ebpf.VariableSpec `ebpf:"cur_target"`
 	KlpMutexAddr      *ebpf.VariableSpec `ebpf:"klp_mutex_addr"`
@@ -320,6 +379,9 @@ func (o *klptopObjects) Close() error {
 //
 // It can be passed to loadKlptopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type klptopMaps struct {
+	CbBrackets   *ebpf.Map `ebpf:"cb_brackets"`
+	CbCalls      *ebpf.Map `ebpf:"cb_calls"`
+	CbCompletes  *ebpf.Map `ebpf:"cb_completes"`
 	CheckStash   *ebpf.Map `ebpf:"check_stash"`
 	Events       *ebpf.Map `ebpf:"events"`
 	FuncRecs     *ebpf.Map `ebpf:"func_recs"`
@@ -336,6 +398,9 @@ type klptopMaps struct {
 
 func (m *klptopMaps) Close() error {
 	return _KlptopClose(
+		m.CbBrackets,
+		m.CbCalls,
+		m.CbCompletes,
 		m.CheckStash,
 		m.Events,
 		m.FuncRecs,
@@ -355,6 +420,7 @@ func (m *klptopMaps) Close() error {
 //
 // It can be passed to loadKlptopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type klptopVariables struct {
+	CbPatch           *ebpf.Variable `ebpf:"cb_patch"`
 	CurPatch          *ebpf.Variable `ebpf:"cur_patch"`
 	CurTarget         *ebpf.Variable `ebpf:"cur_target"`
 	KlpMutexAddr      *ebpf.Variable `ebpf:"klp_mutex_addr"`
@@ -380,6 +446,17 @@ type klptopVariables struct {
 //
 // It can be passed to loadKlptopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type klptopPrograms struct {
+	CallbacksInit                     *ebpf.Program `ebpf:"callbacks_init"`
+	CbBracketCancel                   *ebpf.Program `ebpf:"cb_bracket_cancel"`
+	CbBracketClose                    *ebpf.Program `ebpf:"cb_bracket_close"`
+	CbBracketDone                     *ebpf.Program `ebpf:"cb_bracket_done"`
+	CbBracketInit                     *ebpf.Program `ebpf:"cb_bracket_init"`
+	CbBracketOpen                     *ebpf.Program `ebpf:"cb_bracket_open"`
+	CbBracketReopen                   *ebpf.Program `ebpf:"cb_bracket_reopen"`
+	CbBracketRet                      *ebpf.Program `ebpf:"cb_bracket_ret"`
+	CbCompleteCancel                  *ebpf.Program `ebpf:"cb_complete_cancel"`
+	CbCompleteEntry                   *ebpf.Program `ebpf:"cb_complete_entry"`
+	CbCompleteRet                     *ebpf.Program `ebpf:"cb_complete_ret"`
 	FuncsChangedKlpCancelTransition   *ebpf.Program `ebpf:"funcs_changed_klp_cancel_transition"`
 	FuncsChangedKlpCompleteTransition *ebpf.Program `ebpf:"funcs_changed_klp_complete_transition"`
 	FuncsChangedKlpDiscardNops        *ebpf.Program `ebpf:"funcs_changed_klp_discard_nops"`
@@ -389,6 +466,8 @@ type klptopPrograms struct {
 	FuncsChangedKlpReverseTransition  *ebpf.Program `ebpf:"funcs_changed_klp_reverse_transition"`
 	FuncsChangedKlpStartTransition    *ebpf.Program `ebpf:"funcs_changed_klp_start_transition"`
 	FuncsChangedKlpUnpatchObjects     *ebpf.Program `ebpf:"funcs_changed_klp_unpatch_objects"`
+	KlpCallback                       *ebpf.Program `ebpf:"klp_callback"`
+	KlpCallbackRet                    *ebpf.Program `ebpf:"klp_callback_ret"`
 	KlpCancelTransition               *ebpf.Program `ebpf:"klp_cancel_transition"`
 	KlpCheckAndSwitchTask             *ebpf.Program `ebpf:"klp_check_and_switch_task"`
 	KlpCheckAndSwitchTaskRet          *ebpf.Program `ebpf:"klp_check_and_switch_task_ret"`
@@ -420,6 +499,7 @@ type klptopPrograms struct {
 	ShadowFreeAll                     *ebpf.Program `ebpf:"shadow_free_all"`
 	ShadowGetOrAlloc                  *ebpf.Program `ebpf:"shadow_get_or_alloc"`
 	ShadowGetOrAllocRet               *ebpf.Program `ebpf:"shadow_get_or_alloc_ret"`
+	SnapshotCallbacks                 *ebpf.Program `ebpf:"snapshot_callbacks"`
 	SnapshotFuncs                     *ebpf.Program `ebpf:"snapshot_funcs"`
 	SnapshotStates                    *ebpf.Program `ebpf:"snapshot_states"`
 	SnapshotTasks                     *ebpf.Program `ebpf:"snapshot_tasks"`
@@ -427,6 +507,17 @@ type klptopPrograms struct {
 
 func (p *klptopPrograms) Close() error {
 	return _KlptopClose(
+		p.CallbacksInit,
+		p.CbBracketCancel,
+		p.CbBracketClose,
+		p.CbBracketDone,
+		p.CbBracketInit,
+		p.CbBracketOpen,
+		p.CbBracketReopen,
+		p.CbBracketRet,
+		p.CbCompleteCancel,
+		p.CbCompleteEntry,
+		p.CbCompleteRet,
 		p.FuncsChangedKlpCancelTransition,
 		p.FuncsChangedKlpCompleteTransition,
 		p.FuncsChangedKlpDiscardNops,
@@ -436,6 +527,8 @@ func (p *klptopPrograms) Close() error {
 		p.FuncsChangedKlpReverseTransition,
 		p.FuncsChangedKlpStartTransition,
 		p.FuncsChangedKlpUnpatchObjects,
+		p.KlpCallback,
+		p.KlpCallbackRet,
 		p.KlpCancelTransition,
 		p.KlpCheckAndSwitchTask,
 		p.KlpCheckAndSwitchTaskRet,
@@ -467,6 +560,7 @@ func (p *klptopPrograms) Close() error {
 		p.ShadowFreeAll,
 		p.ShadowGetOrAlloc,
 		p.ShadowGetOrAllocRet,
+		p.SnapshotCallbacks,
 		p.SnapshotFuncs,
 		p.SnapshotStates,
 		p.SnapshotTasks,

@@ -35,6 +35,9 @@ const (
 // Options configure Open.
 type Options struct {
 	Backend string // "auto" (or ""), "kprobe-multi", "kprobe"
+	// Warn, if set, hears what goes wrong after Open (a callback that
+	// cannot be probed), from Read's goroutine.
+	Warn func(string)
 }
 
 // Reasons Open fails; the returned errors wrap them with detail.
@@ -87,6 +90,9 @@ type Session struct {
 	lastFuncs   map[string]FuncStack
 
 	lastShadow map[uint64]shadowCount // shadow_counts as last reported
+
+	cb   callbacks
+	warn func(string)
 }
 
 // Open checks that this machine can run klptop, then loads and attaches the
@@ -136,6 +142,8 @@ func Open(opts Options) (*Session, error) {
 	funcsOK, funcsWhy := setHeads(spec, "/proc/kallsyms")
 	keep[funcsProg] = funcsOK
 	keep[statesProg] = funcsOK // walks klp_patches too
+	keep[callbacksIterPrg] = funcsOK
+	keep[callbackProg], keep[callbackRetProg] = true, true
 	if backend == BackendKprobeMulti {
 		for _, p := range probes {
 			if ps := spec.Programs[p.prog]; ps != nil {
@@ -148,14 +156,33 @@ func Open(opts Options) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
+	cbWhy := callbacksWhy(keep)
 	for _, r := range rejected {
+		if r.prog == "" {
+			cbWhy = r.why
+			continue
+		}
 		delete(attach, r.prog)
 		missing = append(missing, Missing{Symbol: probeName(r.symbol, r.ret), Why: r.why})
 	}
-	s := &Session{coll: coll, syms: ksym.New("/proc/kallsyms"), root: root, funcsWhy: funcsWhy}
+	s := &Session{coll: coll, syms: ksym.New("/proc/kallsyms"), root: root, funcsWhy: funcsWhy, warn: opts.Warn}
 	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy}
 
 	attached, failed := s.attachAll(attach, backend)
+	if cbWhy == "" {
+		if err := readKprobePMU(); err != nil {
+			cbWhy = err.Error()
+		}
+	}
+	s.cb.why = cbWhy
+	if cbWhy == "" {
+		attached = append(attached, CallbacksPoint)
+		if !keep[callbacksIterPrg] {
+			failed = append(failed, Missing{Symbol: CallbacksPoint, Why: "callbacks of patches loaded before klptop not observable: " + funcsWhy})
+		}
+	} else {
+		failed = append(failed, Missing{Symbol: CallbacksPoint, Why: "callbacks not observable: " + cbWhy})
+	}
 	s.info.Attached = attached
 	s.info.Missing = append(missing, failed...)
 	if len(s.links) == 0 {
@@ -170,7 +197,18 @@ func Open(opts Options) (*Session, error) {
 	return s, nil
 }
 
-// rejectedProbe is a kprobe program the kernel's verifier refused.
+// callbacksWhy: why the callbacks cannot be observed, when the programs
+// were not loaded. Without the iterator (no klp_patches head) only the
+// callbacks of patches loaded before klptop are unseen.
+func callbacksWhy(keep map[string]bool) string {
+	if !keep[callbackProg] || !keep[callbackRetProg] {
+		return "callback programs not loaded"
+	}
+	return ""
+}
+
+// rejectedProbe is a kprobe program the kernel's verifier refused (prog ""
+// for the callback programs, which are not in the probes table).
 type rejectedProbe struct {
 	probe
 	why string
@@ -212,6 +250,10 @@ func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy st
 			if statesWhy == "" {
 				statesWhy = "states iterator rejected: " + msg
 			}
+		case callbackProg, callbackRetProg, callbacksIterPrg:
+			// The callbacks go unobserved, and only they.
+			keep[callbackProg], keep[callbackRetProg], keep[callbacksIterPrg] = false, false, false
+			rejected = append(rejected, rejectedProbe{why: m[1] + " rejected by the verifier: " + msg})
 		default:
 			for _, p := range probes {
 				if (p.prog == m[1] || p.pair == m[1]) && keep[p.prog] {
@@ -438,6 +480,7 @@ func (s *Session) Close() error {
 		for _, l := range s.links {
 			errs = append(errs, l.Close())
 		}
+		errs = append(errs, s.closeCallbacks())
 		if s.coll != nil {
 			s.coll.Close()
 		}

@@ -69,6 +69,21 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 			}
 			continue
 		}
+		switch raw.Type {
+		case callbacksSeen:
+			s.learnCallbacks(raw)
+			continue
+		case event.Callback:
+			e, ok := s.callbackEvent(raw)
+			if !ok {
+				continue // no symbol at its address: nothing to name it by
+			}
+			fn(s.finish(rawEvent{Event: e}))
+			continue
+		}
+		if raw.Type == event.ModuleGoing {
+			s.forgetModule(raw.Object)
+		}
 		fn(s.finish(raw))
 		if time.Since(s.lostChecked) >= pollEvery {
 			s.reportLost(fn)
