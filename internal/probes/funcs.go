@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"os"
 	"reflect"
 	"slices"
 	"time"
@@ -61,35 +60,21 @@ var listHeads = [...]struct{ sym, variable string }{
 }
 
 // resolveHeads returns the vmlinux addresses of listHeads, or why not.
-func resolveHeads(kallsyms string) (map[string]uint64, string) {
-	f, err := os.Open(kallsyms)
-	if err != nil {
-		return nil, "kallsyms: " + err.Error()
-	}
-	defer f.Close()
-	syms, err := ksym.Parse(f)
-	if err != nil {
-		return nil, err.Error()
-	}
+func resolveHeads(syms *ksym.Table) (map[string]uint64, string) {
 	out := make(map[string]uint64)
-	for _, s := range syms {
-		if s.Module != "" || s.Addr == 0 {
-			continue
-		}
-		for _, h := range listHeads {
-			if s.Name == h.sym {
-				out[h.variable] = s.Addr
-			}
-		}
-		for _, h := range optionalHeads {
-			if s.Name == h.sym {
-				out[h.variable] = s.Addr
-			}
-		}
-	}
 	for _, h := range listHeads {
-		if out[h.variable] == 0 {
+		a, err := syms.Vmlinux(h.sym)
+		if err != nil {
+			return nil, err.Error()
+		}
+		if a == 0 {
 			return nil, "no " + h.sym + " in /proc/kallsyms (CONFIG_KALLSYMS_ALL off?)"
+		}
+		out[h.variable] = a
+	}
+	for _, h := range optionalHeads {
+		if a, _ := syms.Vmlinux(h.sym); a != 0 {
+			out[h.variable] = a
 		}
 	}
 	return out, ""
@@ -97,11 +82,11 @@ func resolveHeads(kallsyms string) (map[string]uint64, string) {
 
 // setHeads gives the funcs iterator its list heads; false (with why) when
 // the function stacks cannot be read here.
-func setHeads(spec *ebpf.CollectionSpec, kallsyms string) (bool, string) {
+func setHeads(spec *ebpf.CollectionSpec, syms *ksym.Table) (bool, string) {
 	if spec.Programs[funcsProg] == nil {
 		return false, "funcs iterator not in the BPF object"
 	}
-	heads, why := resolveHeads(kallsyms)
+	heads, why := resolveHeads(syms)
 	if why != "" {
 		return false, why
 	}

@@ -44,12 +44,12 @@ func TestResolveHeads(t *testing.T) {
 	p := filepath.Join(dir, "kallsyms")
 	// 7.2 lists klp_ops as text: the type letter must not matter.
 	os.WriteFile(p, []byte("ffffffff81000000 T _text\nffffffff82000010 d klp_patches\nffffffff82000100 t klp_ops\nffffffffc0000000 d klp_ops\t[other]\n"), 0o644)
-	h, why := resolveHeads(p)
+	h, why := resolveHeads(ksym.New(p))
 	if why != "" || h["klp_patches_addr"] != 0xffffffff82000010 || h["klp_ops_addr"] != 0xffffffff82000100 {
 		t.Errorf("heads %x, why %q", h, why)
 	}
 	os.WriteFile(p, []byte("ffffffff81000000 T _text\nffffffff82000010 d klp_patches\n"), 0o644)
-	if _, why := resolveHeads(p); !strings.Contains(why, "no klp_ops") {
+	if _, why := resolveHeads(ksym.New(p)); !strings.Contains(why, "no klp_ops") {
 		t.Errorf("why = %q", why)
 	}
 }

@@ -57,6 +57,7 @@ type Info struct {
 	Attached   []string
 	Missing    []Missing
 	AttachTime time.Duration // load and attach
+	LoadTime   time.Duration // of which loading (the verifier, CO-RE against the kernel's BTF)
 	Kernel     string        // uname -r
 	// FuncsWhy says why function stacks cannot be read here; "" when they can.
 	FuncsWhy string
@@ -124,7 +125,8 @@ func Open(opts Options) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
-	missing = append(missing, setShadowHash(spec, "/proc/kallsyms", attach)...)
+	syms := ksym.New("/proc/kallsyms")
+	missing = append(missing, setShadowHash(spec, syms, attach)...)
 	if err := seedTransition(spec, root); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
@@ -139,7 +141,7 @@ func Open(opts Options) (*Session, error) {
 	for prog := range attach {
 		keep[prog] = true
 	}
-	funcsOK, funcsWhy := setHeads(spec, "/proc/kallsyms")
+	funcsOK, funcsWhy := setHeads(spec, syms)
 	keep[funcsProg] = funcsOK
 	keep[statesProg] = funcsOK // walks klp_patches too
 	keep[callbacksIterPrg] = funcsOK
@@ -165,8 +167,8 @@ func Open(opts Options) (*Session, error) {
 		delete(attach, r.prog)
 		missing = append(missing, Missing{Symbol: probeName(r.symbol, r.ret), Why: r.why})
 	}
-	s := &Session{coll: coll, syms: ksym.New("/proc/kallsyms"), root: root, funcsWhy: funcsWhy, warn: opts.Warn}
-	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy}
+	s := &Session{coll: coll, syms: syms, root: root, funcsWhy: funcsWhy, warn: opts.Warn}
+	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy, LoadTime: time.Since(start)}
 
 	attached, failed := s.attachAll(attach, backend)
 	if cbWhy == "" {
@@ -293,13 +295,14 @@ func OpenIterators() (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
-	funcsOK, funcsWhy := setHeads(spec, "/proc/kallsyms")
+	syms := ksym.New("/proc/kallsyms")
+	funcsOK, funcsWhy := setHeads(spec, syms)
 	_ = rlimit.RemoveMemlock()
 	coll, funcsWhy, statesWhy, _, err := loadCollection(spec, map[string]bool{iterProg: true, funcsProg: funcsOK, statesProg: funcsOK}, funcsWhy)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
-	s := &Session{coll: coll, syms: ksym.New("/proc/kallsyms"), root: root, funcsWhy: funcsWhy}
+	s := &Session{coll: coll, syms: syms, root: root, funcsWhy: funcsWhy}
 	s.info = Info{Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy}
 	return s, nil
 }
