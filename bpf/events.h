@@ -37,7 +37,7 @@ enum klptop_event_type {
 	EV_NOPS_DISCARD,  /* patch's nop functions discarded */
 	EV_PATCH_FREE,    /* patch freed */
 	EV_REPLACED_FREE, /* the patches patch replaced are freed */
-	/* Internal: one object's callbacks (cb[], func: the object); user space probes them. Never in a trace. */
+	/* Internal: a callback of a patch: id its address, func "symbol [module]", version kind + 1; user space probes it. Never in a trace. */
 	EV_CALLBACKS,
 	/* A callback returned: id its address, func "symbol [module]", patch the object, duration, ret, version its kind + 1 when bracketed. */
 	EV_CALLBACK,
@@ -61,7 +61,7 @@ enum klptop_path {
 #define EVF_BRACKET 0x4    /* callback: timed from the kernel's steps around it, not probed */
 #define EVF_FAILED 0x8     /* callback: a pre-patch callback whose failure cancelled the enable */
 
-/* cb[] of EV_CALLBACKS, in struct klp_callbacks order */
+/* Callback kinds, in struct klp_callbacks order (version - 1 of EV_CALLBACKS and of a bracketed EV_CALLBACK) */
 enum klptop_callback {
 	CB_PRE_PATCH = 0,
 	CB_POST_PATCH,
@@ -93,7 +93,6 @@ struct event {
 	__u64 id;      /* EV_KLP_STATE: klp_state.id */
 	__u32 version; /* EV_KLP_STATE: klp_state.version */
 	__u32 _pad2;
-	__u64 cb[CB_MAX]; /* EV_CALLBACKS: the object's callback addresses */
 };
 
 /* One per task from the iter/task program, followed by stack_len u64 addresses. */

@@ -1180,6 +1180,14 @@ int BPF_KPROBE(klp_free_replaced_patches_async, struct klp_patch *new_patch)
 /* The patch of the last klp_init_transition (0: attached mid-transition). */
 __u64 cb_patch;
 
+static const char cb_fmt[] = "%ps";
+
+/*
+ * One EV_CALLBACKS per callback: its address in id, kind + 1 in version,
+ * and its name, "func [module]", in func, as the kernel has it now: user
+ * space probes it by that name, which cannot land in another module that
+ * took the address after this one went.
+ */
 static long cb_obj_step(__u32 i, struct walk *w)
 {
 	__u64 next = next_node(w->pos);
@@ -1195,20 +1203,20 @@ static long cb_obj_step(__u32 i, struct walk *w)
 		(__u64)BPF_CORE_READ(o, callbacks.pre_unpatch),
 		(__u64)BPF_CORE_READ(o, callbacks.post_unpatch),
 	};
-	if (!(cb[0] | cb[1] | cb[2] | cb[3]))
-		return 0;
-	struct event *e = reserve(EV_CALLBACKS);
-	if (!e)
-		return 1;
 	struct klp_patch *p = (void *)w->patch;
-	BPF_CORE_READ_STR_INTO(&e->patch, p, mod, name);
-	e->func[0] = 0;
-	const char *on = BPF_CORE_READ(o, name);
-	if (on)
-		bpf_probe_read_kernel_str(e->func, sizeof(e->func), on);
-	for (int k = 0; k < CB_MAX; k++)
-		e->cb[k] = cb[k];
-	bpf_ringbuf_submit(e, 0);
+	for (int k = 0; k < CB_MAX; k++) {
+		if (!cb[k])
+			continue;
+		struct event *e = reserve(EV_CALLBACKS);
+		if (!e)
+			return 1;
+		BPF_CORE_READ_STR_INTO(&e->patch, p, mod, name);
+		__u64 args[1] = { cb[k] };
+		bpf_snprintf(e->func, sizeof(e->func), cb_fmt, args, sizeof(args));
+		e->id = cb[k];
+		e->version = k + 1;
+		bpf_ringbuf_submit(e, 0);
+	}
 	w->n++;
 	return 0;
 }
@@ -1322,8 +1330,6 @@ struct {
  * by the time user space reads the event, the module of a failed load is
  * gone from kallsyms.
  */
-static const char cb_fmt[] = "%ps";
-
 static __always_inline void name_callback(struct event *e, struct klp_object *o, __u64 fn)
 {
 	__builtin_memset(e->patch, 0, sizeof(e->patch));

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,7 +35,7 @@ const CallbacksPoint = event.CallbacksPoint
 // callbackSite is one callback function klptop probes.
 type callbackSite struct {
 	kind, patch string
-	module      string    // where the function lives: the patch's module
+	module      string    // where the function lives
 	closer      io.Closer // nil: the attach failed (why in err)
 	err         error
 }
@@ -43,78 +44,67 @@ type callbackSite struct {
 type callbacks struct {
 	why   string // "" when callbacks are observable
 	mu    sync.Mutex
-	sites map[uint64]*callbackSite // by address
-}
-
-// maxEntryOffset: how far past a function's address the kernel may put a
-// kprobe on its entry (after an ENDBR64 with IBT), and so what
-// bpf_get_func_ip reports.
-const maxEntryOffset = 16
-
-// site finds the callback a probed or bracketed address belongs to.
-func (c *callbacks) site(addr uint64) *callbackSite {
-	for d := uint64(0); d <= maxEntryOffset && d <= addr; d++ {
-		if s := c.sites[addr-d]; s != nil {
-			return s
-		}
-	}
-	return nil
+	sites map[string]*callbackSite // by the kernel's name, "func [module]"
 }
 
 // forgetModule drops the callbacks of an unloading module: the kernel
-// removes kprobes on its text, and another module may load at the address.
+// removes kprobes on its text, and when it loads again its callbacks are
+// probed anew.
 func (s *Session) forgetModule(mod string) {
 	s.cb.mu.Lock()
 	defer s.cb.mu.Unlock()
-	for a, site := range s.cb.sites {
+	for k, site := range s.cb.sites {
 		if site.module == mod {
 			if site.closer != nil {
 				site.closer.Close()
 			}
-			delete(s.cb.sites, a)
+			delete(s.cb.sites, k)
 		}
 	}
 }
 
-// learnCallbacks probes each new callback of an object, as early as it can:
-// the callbacks that run before the probes are in place are missed (the
-// post-patch ones of a transition that completes at once are bracketed by
-// the kernel side instead).
+// learnCallbacks probes a patch's callback, as early as it can: the
+// callbacks that run before the probes are in place are missed (the
+// enable's pre-patch ones and the post-patch ones of a transition that
+// completes at once are bracketed by the kernel side instead).
 func (s *Session) learnCallbacks(raw rawEvent) {
-	if s.cb.why != "" {
+	if s.cb.why != "" || raw.sym == "" || raw.Callback == "" || strings.HasPrefix(raw.sym, "0x") {
 		return
 	}
 	s.cb.mu.Lock()
 	defer s.cb.mu.Unlock()
 	if s.cb.sites == nil {
-		s.cb.sites = make(map[uint64]*callbackSite)
+		s.cb.sites = make(map[string]*callbackSite)
 	}
-	for i, a := range raw.cb {
-		if a == 0 || s.cb.sites[a] != nil {
-			continue // one probe per function, whatever objects share it
-		}
-		// The module: the patch's own (its callbacks are its functions),
-		// so that its unload forgets them even before they are named.
-		site := &callbackSite{kind: callbackKinds[i], patch: raw.Patch, module: raw.Patch}
-		site.closer, site.err = s.attachCallback(a)
-		// ENOENT: the module is gone already (its load failed): nothing
-		// more of it to see.
-		if site.err != nil && !errors.Is(site.err, unix.ENOENT) && s.warn != nil {
-			s.warn(fmt.Sprintf("cannot probe a %s callback of %s: %v", site.kind, raw.Patch, site.err))
-		}
-		s.cb.sites[a] = site
+	if s.cb.sites[raw.sym] != nil {
+		return // one probe per function, whatever objects share it
 	}
+	name, mod, _ := strings.Cut(raw.sym, " [")
+	mod = strings.TrimSuffix(mod, "]")
+	site := &callbackSite{kind: raw.Callback, patch: raw.Patch, module: mod}
+	// By "module:func", as the kernel named it when it saw the patch: an
+	// address could by now be another module's (the events are read
+	// late), and a static function's name alone is ambiguous.
+	target := name
+	if mod != "" {
+		target = mod + ":" + name
+	}
+	site.closer, site.err = s.attachCallback(target)
+	// ENOENT: the module is gone already (a failed load): nothing more of
+	// it to see.
+	if site.err != nil && !errors.Is(site.err, unix.ENOENT) && s.warn != nil {
+		s.warn(fmt.Sprintf("cannot probe the %s callback %s: %v", site.kind, raw.sym, site.err))
+	}
+	s.cb.sites[raw.sym] = site
 }
 
-// attachCallback puts klp_callback and klp_callback_ret on the function at
-// addr. By address, not name: callbacks are static functions whose names
-// (pre_patch_callback...) several loaded patches share.
-func (s *Session) attachCallback(addr uint64) (io.Closer, error) {
-	entry, err := perfKprobeAddr(s.coll.Programs[callbackProg], addr, false)
+// attachCallback puts klp_callback and klp_callback_ret on a callback.
+func (s *Session) attachCallback(target string) (io.Closer, error) {
+	entry, err := perfKprobe(s.coll.Programs[callbackProg], target, false)
 	if err != nil {
 		return nil, err
 	}
-	ret, err := perfKprobeAddr(s.coll.Programs[callbackRetProg], addr, true)
+	ret, err := perfKprobe(s.coll.Programs[callbackRetProg], target, true)
 	if err != nil {
 		entry.Close()
 		return nil, err
@@ -128,7 +118,7 @@ func (s *Session) attachCallback(addr uint64) (io.Closer, error) {
 func (s *Session) callbackEvent(raw rawEvent) (event.Event, bool) {
 	e := raw.Event
 	s.cb.mu.Lock()
-	site := s.cb.site(raw.addr)
+	site := s.cb.sites[raw.sym]
 	s.cb.mu.Unlock()
 	if site != nil {
 		e.Patch = site.patch
@@ -168,8 +158,7 @@ func (s *Session) snapshotCallbacks() error {
 	return err
 }
 
-// The kprobe PMU, for probes by address (cilium/ebpf's link.Kprobe takes a
-// symbol name, and a callback's name need not be unique).
+// The kprobe PMU, for probes on "module:func".
 var kprobePMU struct {
 	typ    uint32
 	retBit uint64
@@ -214,13 +203,18 @@ type perfFD int
 
 func (f perfFD) Close() error { return unix.Close(int(f)) }
 
-// perfKprobeAddr attaches prog as a k(ret)probe at addr, through
-// perf_event_open with kprobe_func NULL and kprobe_addr set.
-func perfKprobeAddr(prog *ebpf.Program, addr uint64, ret bool) (io.Closer, error) {
+// perfKprobe attaches prog as a k(ret)probe on target ("module:func" or
+// "func") through perf_event_open: cilium/ebpf's link.Kprobe refuses the
+// module-qualified form the kernel's kallsyms lookup takes.
+func perfKprobe(prog *ebpf.Program, target string, ret bool) (io.Closer, error) {
 	if prog == nil {
 		return nil, errors.New("callback program not loaded")
 	}
 	if err := readKprobePMU(); err != nil {
+		return nil, err
+	}
+	name, err := unix.BytePtrFromString(target)
+	if err != nil {
 		return nil, err
 	}
 	attr := unix.PerfEventAttr{
@@ -229,15 +223,16 @@ func perfKprobeAddr(prog *ebpf.Program, addr uint64, ret bool) (io.Closer, error
 		Sample_type: unix.PERF_SAMPLE_RAW,
 		Sample:      1,
 		Wakeup:      1,
-		Ext1:        0,    // kprobe_func: none, by address
-		Ext2:        addr, // kprobe_addr
+		Ext1:        uint64(uintptr(unsafe.Pointer(name))), // kprobe_func
+		Ext2:        0,                                     // probe_offset
 	}
 	if ret {
 		attr.Config = kprobePMU.retBit
 	}
 	fd, err := unix.PerfEventOpen(&attr, -1, 0, -1, unix.PERF_FLAG_FD_CLOEXEC)
+	runtime.KeepAlive(name)
 	if err != nil {
-		return nil, fmt.Errorf("perf_event_open kprobe at a callback: %w", err)
+		return nil, fmt.Errorf("perf_event_open kprobe on %s: %w", target, err)
 	}
 	if err := unix.IoctlSetInt(fd, unix.PERF_EVENT_IOC_SET_BPF, prog.FD()); err != nil {
 		unix.Close(fd)

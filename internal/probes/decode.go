@@ -21,8 +21,7 @@ const (
 	offFunc     = offPatch + patchLen
 	offID       = offFunc + funcLen
 	offVersion  = offID + 8
-	offCB       = offVersion + 8
-	eventSize   = offCB + 8*cbMax
+	eventSize   = offVersion + 8
 	taskRecSize = 16 + commLen
 )
 
@@ -75,9 +74,10 @@ const (
 type rawEvent struct {
 	event.Event
 	wantStack bool
-	// callbacksSeen: an object's callback addresses. Callback: its
-	// address (addr, a function pointer or the probed address).
-	cb   [cbMax]uint64
+	// callbacksSeen and Callback: the callback's name as the kernel gave
+	// it, "func [module]", and its address (a function pointer, or the
+	// probed address).
+	sym  string
 	addr uint64
 }
 
@@ -124,22 +124,20 @@ func decodeEvent(b []byte) (rawEvent, error) {
 		e.Version = int(le.Uint32(b[offVersion:]))
 	}
 	switch e.Type {
-	case callbacksSeen:
-		for i := range e.cb {
-			e.cb[i] = le.Uint64(b[offCB+8*i:])
-		}
-		e.Object, e.Func = objectName(e.Func), ""
-	case event.Callback:
+	case callbacksSeen, event.Callback:
 		e.addr = le.Uint64(b[offID:])
-		e.Bracketed = flags&flagBracket != 0
-		// A bracketed one says which it is (kind + 1): nothing probed it.
+		e.Bracketed = e.Type == event.Callback && flags&flagBracket != 0
+		// Which callback, when the kernel side knows (kind + 1).
 		if k := int(le.Uint32(b[offVersion:])); k >= 1 && k <= cbMax {
 			e.Callback = callbackKinds[k-1]
 		}
-		// The object is in patch; func is "symbol [module]" (%ps).
-		e.Object = objectName(e.Patch)
+		e.sym = e.Func
 		name, mod, _ := strings.Cut(e.Func, " [")
-		e.Func, e.Patch = name, strings.TrimSuffix(mod, "]")
+		e.Func = name
+		if e.Type == event.Callback {
+			// The object is in patch; the patch is the callback's module.
+			e.Object, e.Patch = objectName(e.Patch), strings.TrimSuffix(mod, "]")
+		}
 	}
 	switch e.Type {
 	case event.ModuleComing, event.ModuleGoing, event.ModuleApply, event.ModuleRevert:

@@ -178,7 +178,7 @@ func TestEventLayout(t *testing.T) {
 	for name, want := range map[string]uint32{"time": 0, "duration": 8, "type": 16, "cpu": 20,
 		"pid": 24, "tgid": 28, "ret": 32, "target": 36, "patch_state": 40, "pending": 44,
 		"checked": 48, "flags": 52, "path": 53, "comm": offComm, "patch": offPatch, "func": offFunc,
-		"id": offID, "version": offVersion, "cb": offCB} {
+		"id": offID, "version": offVersion} {
 		if off[name] != want {
 			t.Errorf("event.%s at %d, decoder reads %d", name, off[name], want)
 		}
@@ -341,11 +341,10 @@ func TestDecodeCallback(t *testing.T) {
 		raw.Patch != "test_klp_callbacks_demo" || raw.Callback != event.CallbackPrePatch || !raw.Bracketed || raw.Ret != -19 || raw.addr != 0x40 {
 		t.Errorf("decoded %+v", raw)
 	}
-	// Probed (no kind from the kernel side): the site says post_unpatch
-	// and owns the ret (void: cleared); an address 4 bytes in (ENDBR64) is
-	// still the site's.
+	// Probed (no kind from the kernel side): the site, by the kernel's
+	// name, says post_unpatch and owns the ret (void: cleared).
 	var s Session
-	s.cb.sites = map[uint64]*callbackSite{0x3c: {kind: event.CallbackPostUnpatch, patch: "test_klp_callbacks_demo"}}
+	s.cb.sites = map[string]*callbackSite{"pre_patch_callback [test_klp_callbacks_demo]": {kind: event.CallbackPostUnpatch, patch: "test_klp_callbacks_demo"}}
 	b[52], b[offVersion], b[offPatch] = 0, 0, 0
 	if raw, err = decodeEvent(b); err != nil {
 		t.Fatal(err)
@@ -353,6 +352,16 @@ func TestDecodeCallback(t *testing.T) {
 	e, ok := s.callbackEvent(raw)
 	if !ok || e.Callback != event.CallbackPostUnpatch || e.Ret != 0 || e.Object != "vmlinux" || e.Bracketed {
 		t.Errorf("probed callback %+v (ok %v)", e, ok)
+	}
+	// An EV_CALLBACKS names the site to probe and its kind.
+	b2 := make([]byte, eventSize)
+	b2[16] = 24 // EV_CALLBACKS
+	copy(b2[offPatch:], "test_klp_callbacks_demo")
+	copy(b2[offFunc:], "post_patch_callback [test_klp_callbacks_demo]")
+	b2[offVersion] = 2 // CB_POST_PATCH + 1
+	if raw, err := decodeEvent(b2); err != nil || raw.Type != callbacksSeen || raw.sym != "post_patch_callback [test_klp_callbacks_demo]" ||
+		raw.Callback != event.CallbackPostPatch || raw.Patch != "test_klp_callbacks_demo" {
+		t.Errorf("EV_CALLBACKS decoded %+v (%v)", raw, err)
 	}
 	// No symbol for the address: dropped, never written as a number.
 	copy(b[offFunc:], "0xffffffffc0001000\x00")
