@@ -132,6 +132,7 @@ struct func_rec {
 	char name[KLPTOP_FUNC_LEN];     /* klp_func.old_name */
 	char patch[KLPTOP_PATCH_LEN];   /* FREC_PATCH */
 	char object[KLPTOP_PATCH_LEN];  /* FREC_PATCH: klp_object.name, "" = vmlinux */
+	char new_name[KLPTOP_FUNC_LEN]; /* FREC_STACK: new_func as the kernel names it, "func [module]" */
 };
 
 #define FUNCS_OVERFLOW 0x1 /* more records than KLPTOP_MAX_FUNC_RECS, or a list longer than its bound */

@@ -605,6 +605,8 @@ static __always_inline struct func_rec *new_rec(struct walk *w, __u32 kind, stru
 	return r;
 }
 
+static const char new_func_fmt[] = "%ps";
+
 static long stack_step(__u32 i, struct walk *w)
 {
 	__u64 next = next_node(w->pos);
@@ -619,6 +621,14 @@ static long stack_step(__u32 i, struct walk *w)
 		return 1;
 	r->index = w->index;
 	r->depth = i;
+	/*
+	 * Named here: naming it in user space meant rereading /proc/kallsyms
+	 * for every new livepatch module, seconds of CPU each under emulation.
+	 */
+	if (r->new_func && !r->nop) {
+		__u64 args[1] = { r->new_func };
+		bpf_snprintf(r->new_name, sizeof(r->new_name), new_func_fmt, args, sizeof(args));
+	}
 	return 0;
 }
 

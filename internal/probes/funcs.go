@@ -7,6 +7,7 @@ import (
 	"io"
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -26,7 +27,7 @@ const funcsChanged event.Type = "funcs_changed"
 
 // Layout of struct func_rec and struct funcs_out (bpf/events.h).
 const (
-	funcRecSize   = 40 + funcLen + 2*patchLen
+	funcRecSize   = 40 + 2*funcLen + 2*patchLen
 	funcsOutSize  = 8
 	frecStack     = 1
 	frecPatch     = 2
@@ -108,6 +109,7 @@ type funcRec struct {
 	fn, oldFunc, newFunc         uint64
 	nop, patched, trans, objDone bool
 	name, patch, object          string
+	newName                      string // new_func's symbol, named by the kernel; "" when it could not
 }
 
 func decodeFuncRec(b []byte) (funcRec, error) {
@@ -120,10 +122,21 @@ func decodeFuncRec(b []byte) (funcRec, error) {
 		fn: le.Uint64(b[0:]), oldFunc: le.Uint64(b[8:]), newFunc: le.Uint64(b[16:]),
 		kind: le.Uint32(b[24:]), index: le.Uint32(b[28:]), depth: le.Uint32(b[32:]),
 		nop: b[36] != 0, patched: b[37] != 0, trans: b[38] != 0, objDone: b[39] != 0,
-		name:   cstr(b[offName : offName+funcLen]),
-		patch:  cstr(b[offName+funcLen : offName+funcLen+patchLen]),
-		object: cstr(b[offName+funcLen+patchLen : offName+funcLen+2*patchLen]),
+		name:    cstr(b[offName : offName+funcLen]),
+		patch:   cstr(b[offName+funcLen : offName+funcLen+patchLen]),
+		object:  cstr(b[offName+funcLen+patchLen : offName+funcLen+2*patchLen]),
+		newName: kernelName(cstr(b[offName+funcLen+2*patchLen : offName+2*funcLen+2*patchLen])),
 	}, nil
+}
+
+// kernelName is the function of a %ps "func [module]", "" for an address
+// the kernel could not name ("0x...").
+func kernelName(ps string) string {
+	name, _, _ := strings.Cut(ps, " [")
+	if strings.HasPrefix(name, "0x") {
+		return ""
+	}
+	return name
 }
 
 // FuncStack is one patched function and its versions, newest first.
@@ -147,11 +160,13 @@ func buildStacks(recs []funcRec, syms *ksym.Table) []FuncStack {
 	// a livepatch module loaded since the table was read.
 	var addrs []uint64
 	for _, r := range recs {
-		if r.kind == frecStack && !r.nop && r.newFunc != 0 {
+		if r.kind == frecStack && !r.nop && r.newFunc != 0 && r.newName == "" {
 			addrs = append(addrs, r.newFunc)
 		}
 	}
-	syms.Fresh(addrs)
+	if len(addrs) > 0 {
+		syms.Fresh(addrs)
+	}
 	byOps := make(map[uint32][]funcRec)
 	var order []uint32
 	for _, r := range recs {
@@ -175,7 +190,9 @@ func buildStacks(recs []funcRec, syms *ksym.Table) []FuncStack {
 			}
 			v := event.FuncVersion{Patch: o.patch, Nop: r.nop, Patched: r.patched, Transition: r.trans}
 			if !r.nop && r.newFunc != 0 {
-				if n, _, ok := syms.At(r.newFunc); ok {
+				if r.newName != "" {
+					v.Func = r.newName
+				} else if n, _, ok := syms.At(r.newFunc); ok {
 					v.Func = n
 				} else {
 					v.Func = "?"

@@ -57,6 +57,7 @@ type klptopFuncRec struct {
 	Name       [128]int8
 	Patch      [56]int8
 	Object     [56]int8
+	NewName    [128]int8
 }
 
 type klptopLastCheck struct {

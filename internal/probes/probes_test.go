@@ -190,7 +190,7 @@ func TestEventLayout(t *testing.T) {
 	size, off = offsets("func_rec")
 	for name, want := range map[string]uint32{"func": 0, "old_func": 8, "new_func": 16, "kind": 24,
 		"index": 28, "depth": 32, "nop": 36, "patched": 37, "transition": 38, "obj_patched": 39,
-		"name": 40, "patch": 40 + funcLen, "object": 40 + funcLen + patchLen} {
+		"name": 40, "patch": 40 + funcLen, "object": 40 + funcLen + patchLen, "new_name": 40 + funcLen + 2*patchLen} {
 		if off[name] != want {
 			t.Errorf("func_rec.%s at %d, decoder reads %d", name, off[name], want)
 		}
