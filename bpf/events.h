@@ -37,6 +37,10 @@ enum klptop_event_type {
 	EV_NOPS_DISCARD,  /* patch's nop functions discarded */
 	EV_PATCH_FREE,    /* patch freed */
 	EV_REPLACED_FREE, /* the patches patch replaced are freed */
+	/* Internal: a callback of a patch: id its address, func "symbol [module]", version kind + 1; user space probes it. Never in a trace. */
+	EV_CALLBACKS,
+	/* A callback returned: id its address, func "symbol [module]", patch the object, duration, ret, version its kind + 1 when bracketed. */
+	EV_CALLBACK,
 };
 
 enum klptop_path {
@@ -54,6 +58,17 @@ enum klptop_path {
 /* flags */
 #define EVF_REPLACE 0x1    /* klp_patch.replace */
 #define EVF_WANT_STACK 0x2 /* task_check: (pid, ret, func) differs from this task's last check */
+#define EVF_BRACKET 0x4    /* callback: timed from the kernel's steps around it, not probed */
+#define EVF_FAILED 0x8     /* callback: a pre-patch callback whose failure cancelled the enable */
+
+/* Callback kinds, in struct klp_callbacks order (version - 1 of EV_CALLBACKS and of a bracketed EV_CALLBACK) */
+enum klptop_callback {
+	CB_PRE_PATCH = 0,
+	CB_POST_PATCH,
+	CB_PRE_UNPATCH,
+	CB_POST_UNPATCH,
+	CB_MAX,
+};
 
 #define STATE_UNKNOWN (-2)
 
@@ -117,6 +132,7 @@ struct func_rec {
 	char name[KLPTOP_FUNC_LEN];     /* klp_func.old_name */
 	char patch[KLPTOP_PATCH_LEN];   /* FREC_PATCH */
 	char object[KLPTOP_PATCH_LEN];  /* FREC_PATCH: klp_object.name, "" = vmlinux */
+	char new_name[KLPTOP_FUNC_LEN]; /* FREC_STACK: new_func as the kernel names it, "func [module]" */
 };
 
 #define FUNCS_OVERFLOW 0x1 /* more records than KLPTOP_MAX_FUNC_RECS, or a list longer than its bound */

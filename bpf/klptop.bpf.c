@@ -792,6 +792,8 @@ static __always_inline struct func_rec *new_rec(struct walk *w, __u32 kind, stru
 	return r;
 }
 
+static const char new_func_fmt[] = "%ps";
+
 static long stack_step(__u32 i, struct walk *w)
 {
 	__u64 next = next_node(w->pos);
@@ -806,6 +808,14 @@ static long stack_step(__u32 i, struct walk *w)
 		return 1;
 	r->index = w->index;
 	r->depth = i;
+	/*
+	 * Named here: naming it in user space meant rereading /proc/kallsyms
+	 * for every new livepatch module, seconds of CPU each under emulation.
+	 */
+	if (r->new_func && !r->nop) {
+		__u64 args[1] = { r->new_func };
+		bpf_snprintf(r->new_name, sizeof(r->new_name), new_func_fmt, args, sizeof(args));
+	}
 	return 0;
 }
 
@@ -1462,4 +1472,535 @@ SEC("fentry/klp_free_replaced_patches_async")
 int BPF_PROG(fentry_klp_free_replaced_patches_async, struct klp_patch *new_patch)
 {
 	return emit_patch(EV_REPLACED_FREE, new_patch);
+}
+
+/*
+ * Callbacks (struct klp_callbacks of each klp_object). The kernel calls
+ * them through inline wrappers, so there is no kernel function to probe:
+ * user space learns each object's callback addresses (EV_CALLBACKS, from
+ * klp_init_transition and from the start-up iterator) and attaches
+ * klp_callback / klp_callback_ret to the callbacks themselves. The one
+ * call it cannot be in time for is the pre-patch callback of the enable
+ * that introduces the patch (it runs inside the module's init, before user
+ * space can see it): that one is bracketed by the kernel's own steps, from
+ * klp_init_transition's return (or the previous object's klp_patch_object)
+ * to the next klp_patch_object, and its failure is seen as the cancel.
+ */
+/* The patch of the last klp_init_transition (0: attached mid-transition). */
+__u64 cb_patch;
+
+static const char cb_fmt[] = "%ps";
+
+/*
+ * One EV_CALLBACKS per callback: its address in id, kind + 1 in version,
+ * and its name, "func [module]", in func, as the kernel has it now: user
+ * space probes it by that name, which cannot land in another module that
+ * took the address after this one went.
+ */
+static long cb_obj_step(__u32 i, struct walk *w)
+{
+	__u64 next = next_node(w->pos);
+	if (!next || next == w->head) {
+		w->done = 1;
+		return 1;
+	}
+	w->pos = next;
+	struct klp_object *o = (void *)next - bpf_core_field_offset(struct klp_object, node);
+	__u64 cb[CB_MAX] = {
+		(__u64)BPF_CORE_READ(o, callbacks.pre_patch),
+		(__u64)BPF_CORE_READ(o, callbacks.post_patch),
+		(__u64)BPF_CORE_READ(o, callbacks.pre_unpatch),
+		(__u64)BPF_CORE_READ(o, callbacks.post_unpatch),
+	};
+	struct klp_patch *p = (void *)w->patch;
+	for (int k = 0; k < CB_MAX; k++) {
+		if (!cb[k])
+			continue;
+		struct event *e = reserve(EV_CALLBACKS);
+		if (!e)
+			return 1;
+		BPF_CORE_READ_STR_INTO(&e->patch, p, mod, name);
+		__u64 args[1] = { cb[k] };
+		bpf_snprintf(e->func, sizeof(e->func), cb_fmt, args, sizeof(args));
+		e->id = cb[k];
+		e->version = k + 1;
+		bpf_ringbuf_submit(e, 0);
+	}
+	w->n++;
+	return 0;
+}
+
+static __always_inline void emit_callbacks_of(struct klp_patch *p)
+{
+	struct walk in = {
+		.head = (__u64)p + bpf_core_field_offset(struct klp_patch, obj_list),
+		.patch = (__u64)p,
+	};
+	in.pos = in.head;
+	bpf_loop(MAX_OBJS, cb_obj_step, &in, 0);
+}
+
+/* The callbacks of the patch entering a transition (it was just initialised). */
+static __always_inline int callbacks_init_body(struct klp_patch *patch, int state)
+{
+	if (!bpf_core_field_exists(struct klp_object, callbacks))
+		return 0;
+	cb_patch = (__u64)patch;
+	emit_callbacks_of(patch);
+	return 0;
+}
+
+SEC("kprobe/klp_init_transition")
+int BPF_KPROBE(callbacks_init, struct klp_patch *patch, int state)
+{
+	return callbacks_init_body(patch, state);
+}
+
+SEC("fentry/klp_init_transition")
+int BPF_PROG(fentry_callbacks_init, struct klp_patch *patch, int state)
+{
+	return callbacks_init_body(patch, state);
+}
+
+static long cb_patch_step(__u32 i, struct walk *w)
+{
+	__u64 next = next_node(w->pos);
+	if (!next || next == klp_patches_addr)
+		return 1;
+	w->pos = next;
+	emit_callbacks_of((void *)next - bpf_core_field_offset(struct klp_patch, list));
+	return 0;
+}
+
+/* The callbacks of every patch already loaded, into the ring buffer, once. */
+SEC("iter/task")
+int snapshot_callbacks(struct bpf_iter__task *ctx)
+{
+	struct funcs_out out = {};
+	if (ctx->meta->seq_num != 0 || !ctx->task)
+		return 0;
+	if (!bpf_core_field_exists(struct klp_object, callbacks)) {
+		out.flags = FUNCS_NO_BTF;
+	} else if (!klp_patches_addr) {
+		out.flags = FUNCS_NO_HEADS;
+	} else {
+		struct walk w = { .pos = klp_patches_addr };
+		bpf_loop(MAX_PATCHES, cb_patch_step, &w, 0);
+	}
+	bpf_seq_write(ctx->meta->seq, &out, sizeof(out));
+	return 0;
+}
+
+/*
+ * The bracket of the enable's pre-patch callbacks, per enabling task:
+ * present from klp_init_transition(patch, KLP_PATCHED) to
+ * klp_start_transition or klp_enable_patch's return.
+ */
+struct cb_bracket {
+	__u64 patch;
+	__u64 since; /* 0: inside klp_patch_object */
+	__u64 failed_obj;
+	__u64 failed_dur;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct cb_bracket);
+} cb_brackets SEC(".maps");
+
+/*
+ * The post callbacks of a completion nothing probed: a transition that
+ * completes in the enable's own first sweep runs them before user space
+ * can attach. Then they are reported bracketed by klp_complete_transition
+ * itself (entry to return: an upper bound, with the RCU sync and the
+ * kernel's "complete" message in it).
+ */
+struct cb_complete {
+	__u64 start;
+	__u64 patch;
+	__u32 probed;    /* callback probes that fired inside */
+	__u32 cancelled; /* klp_cancel_transition: post-unpatch only where pre-patch succeeded */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct cb_complete);
+} cb_completes SEC(".maps");
+
+struct cb_call {
+	__u64 start;
+	__u64 ip;
+	__u64 obj;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct cb_call);
+} cb_calls SEC(".maps");
+
+/*
+ * A callback event names its object in e->patch (object names are module
+ * names) and the callback in e->func, symbolized here, "func [module]":
+ * by the time user space reads the event, the module of a failed load is
+ * gone from kallsyms.
+ */
+static __always_inline void name_callback(struct event *e, struct klp_object *o, __u64 fn)
+{
+	__builtin_memset(e->patch, 0, sizeof(e->patch));
+	const char *on = BPF_CORE_READ(o, name);
+	if (on)
+		bpf_probe_read_kernel_str(e->patch, sizeof(e->patch), on);
+	__u64 args[1] = { fn };
+	bpf_snprintf(e->func, sizeof(e->func), cb_fmt, args, sizeof(args));
+}
+
+/* Attached by user space to each callback's address. */
+SEC("kprobe/klp_callback")
+int BPF_KPROBE(klp_callback, struct klp_object *obj)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	/* Inside an enable's bracket the bracket reports it: not twice. */
+	if (bpf_map_lookup_elem(&cb_brackets, &id))
+		return 0;
+	struct cb_complete *cc = bpf_map_lookup_elem(&cb_completes, &id);
+	if (cc)
+		cc->probed++;
+	struct cb_call c = { .start = bpf_ktime_get_ns(), .ip = bpf_get_func_ip(ctx), .obj = (__u64)obj };
+	bpf_map_update_elem(&cb_calls, &id, &c, BPF_ANY);
+	return 0;
+}
+
+SEC("kretprobe/klp_callback")
+int BPF_KRETPROBE(klp_callback_ret, long rc)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct cb_call *c = bpf_map_lookup_elem(&cb_calls, &id);
+	if (!c)
+		return 0;
+	struct cb_call call = *c;
+	bpf_map_delete_elem(&cb_calls, &id);
+	struct event *e = reserve(EV_CALLBACK);
+	if (!e)
+		return 0;
+	e->duration = e->time - call.start;
+	e->id = call.ip;
+	e->ret = (__s32)rc;
+	name_callback(e, (void *)call.obj, call.ip);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline int cb_bracket_init_body(struct klp_patch *patch, int state)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (state != 1) {
+		bpf_map_delete_elem(&cb_brackets, &id);
+		return 0;
+	}
+	struct cb_bracket b = { .patch = (__u64)patch };
+	bpf_map_update_elem(&cb_brackets, &id, &b, BPF_ANY);
+	return 0;
+}
+
+SEC("kprobe/klp_init_transition")
+int BPF_KPROBE(cb_bracket_init, struct klp_patch *patch, int state)
+{
+	return cb_bracket_init_body(patch, state);
+}
+
+SEC("fentry/klp_init_transition")
+int BPF_PROG(fentry_cb_bracket_init, struct klp_patch *patch, int state)
+{
+	return cb_bracket_init_body(patch, state);
+}
+
+static __always_inline int cb_bracket_open_body(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct cb_bracket *b = bpf_map_lookup_elem(&cb_brackets, &id);
+	if (b)
+		b->since = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("kretprobe/klp_init_transition")
+int BPF_KRETPROBE(cb_bracket_open)
+{
+	return cb_bracket_open_body();
+}
+
+SEC("fexit/klp_init_transition")
+int BPF_PROG(fexit_cb_bracket_open)
+{
+	return cb_bracket_open_body();
+}
+
+static __always_inline int cb_bracket_close_body(struct klp_object *obj)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct cb_bracket *b = bpf_map_lookup_elem(&cb_brackets, &id);
+	if (!b || !b->since)
+		return 0;
+	__u64 since = b->since;
+	b->since = 0;
+	__u64 pre = (__u64)BPF_CORE_READ(obj, callbacks.pre_patch);
+	if (!pre)
+		return 0;
+	struct event *e = reserve(EV_CALLBACK);
+	if (!e)
+		return 0;
+	e->duration = e->time - since;
+	e->id = pre;
+	e->flags |= EVF_BRACKET;
+	e->version = CB_PRE_PATCH + 1;
+	name_callback(e, obj, pre);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("kprobe/klp_patch_object")
+int BPF_KPROBE(cb_bracket_close, struct klp_object *obj)
+{
+	return cb_bracket_close_body(obj);
+}
+
+SEC("fentry/klp_patch_object")
+int BPF_PROG(fentry_cb_bracket_close, struct klp_object *obj)
+{
+	return cb_bracket_close_body(obj);
+}
+
+static __always_inline int cb_bracket_reopen_body(long rc)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct cb_bracket *b = bpf_map_lookup_elem(&cb_brackets, &id);
+	if (b && rc == 0)
+		b->since = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("kretprobe/klp_patch_object")
+int BPF_KRETPROBE(cb_bracket_reopen, long rc)
+{
+	return cb_bracket_reopen_body(rc);
+}
+
+SEC("fexit/klp_patch_object")
+int BPF_PROG(fexit_cb_bracket_reopen)
+{
+	return cb_bracket_reopen_body((long)fexit_ret(ctx));
+}
+
+static __always_inline int cb_bracket_done_body(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	bpf_map_delete_elem(&cb_brackets, &id);
+	return 0;
+}
+
+SEC("kprobe/klp_start_transition")
+int BPF_KPROBE(cb_bracket_done)
+{
+	return cb_bracket_done_body();
+}
+
+SEC("fentry/klp_start_transition")
+int BPF_PROG(fentry_cb_bracket_done)
+{
+	return cb_bracket_done_body();
+}
+
+/* The first loaded, unpatched object with a pre-patch callback: the one that failed. */
+static long cb_failed_step(__u32 i, struct walk *w)
+{
+	__u64 next = next_node(w->pos);
+	if (!next || next == w->head)
+		return 1;
+	w->pos = next;
+	struct klp_object *o = (void *)next - bpf_core_field_offset(struct klp_object, node);
+	bool loaded = !BPF_CORE_READ(o, name) || BPF_CORE_READ(o, mod);
+	if (!loaded || BPF_CORE_READ(o, patched) || !BPF_CORE_READ(o, callbacks.pre_patch))
+		return 0;
+	w->obj = (__u64)o;
+	return 1;
+}
+
+/*
+ * A cancel while the bracket is open (not inside klp_patch_object): a
+ * pre-patch callback failed. Its error is klp_enable_patch's return value.
+ */
+static __always_inline int cb_bracket_cancel_body(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct cb_bracket *b = bpf_map_lookup_elem(&cb_brackets, &id);
+	if (!b || !b->since)
+		return 0;
+	struct walk w = { .head = b->patch + bpf_core_field_offset(struct klp_patch, obj_list) };
+	w.pos = w.head;
+	bpf_loop(MAX_OBJS, cb_failed_step, &w, 0);
+	b->failed_obj = w.obj;
+	b->failed_dur = bpf_ktime_get_ns() - b->since;
+	b->since = 0;
+	return 0;
+}
+
+SEC("kprobe/klp_cancel_transition")
+int BPF_KPROBE(cb_bracket_cancel)
+{
+	return cb_bracket_cancel_body();
+}
+
+SEC("fentry/klp_cancel_transition")
+int BPF_PROG(fentry_cb_bracket_cancel)
+{
+	return cb_bracket_cancel_body();
+}
+
+static __always_inline int cb_bracket_ret_body(long rc)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct cb_bracket *b = bpf_map_lookup_elem(&cb_brackets, &id);
+	if (!b)
+		return 0;
+	struct cb_bracket br = *b;
+	bpf_map_delete_elem(&cb_brackets, &id);
+	if (!br.failed_obj)
+		return 0;
+	struct klp_object *o = (void *)br.failed_obj;
+	struct event *e = reserve(EV_CALLBACK);
+	if (!e)
+		return 0;
+	e->duration = br.failed_dur;
+	e->id = (__u64)BPF_CORE_READ(o, callbacks.pre_patch);
+	e->ret = (__s32)rc;
+	e->flags |= EVF_BRACKET | EVF_FAILED;
+	e->version = CB_PRE_PATCH + 1;
+	name_callback(e, o, e->id);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("kretprobe/klp_enable_patch")
+int BPF_KRETPROBE(cb_bracket_ret, long rc)
+{
+	return cb_bracket_ret_body(rc);
+}
+
+SEC("fexit/klp_enable_patch")
+int BPF_PROG(fexit_cb_bracket_ret)
+{
+	return cb_bracket_ret_body((long)fexit_ret(ctx));
+}
+
+static __always_inline int cb_complete_entry_body(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct cb_complete c = { .start = bpf_ktime_get_ns(), .patch = cb_patch };
+	struct cb_complete *was = bpf_map_lookup_elem(&cb_completes, &id);
+	if (was)
+		c.cancelled = was->cancelled;
+	bpf_map_update_elem(&cb_completes, &id, &c, BPF_ANY);
+	return 0;
+}
+
+SEC("kprobe/klp_complete_transition")
+int BPF_KPROBE(cb_complete_entry)
+{
+	return cb_complete_entry_body();
+}
+
+SEC("fentry/klp_complete_transition")
+int BPF_PROG(fentry_cb_complete_entry)
+{
+	return cb_complete_entry_body();
+}
+
+static __always_inline int cb_complete_cancel_body(void)
+{
+	/* It calls klp_complete_transition: mark the cancel for it. */
+	__u64 id = bpf_get_current_pid_tgid();
+	struct cb_complete c = { .cancelled = 1 };
+	bpf_map_update_elem(&cb_completes, &id, &c, BPF_ANY);
+	return 0;
+}
+
+SEC("kprobe/klp_cancel_transition")
+int BPF_KPROBE(cb_complete_cancel)
+{
+	return cb_complete_cancel_body();
+}
+
+SEC("fentry/klp_cancel_transition")
+int BPF_PROG(fentry_cb_complete_cancel)
+{
+	return cb_complete_cancel_body();
+}
+
+struct cb_post_walk {
+	__u64 head;
+	__u64 pos;
+	__u64 dur;
+	__u32 kind; /* CB_POST_PATCH or CB_POST_UNPATCH */
+};
+
+static long cb_post_step(__u32 i, struct cb_post_walk *w)
+{
+	__u64 next = next_node(w->pos);
+	if (!next || next == w->head)
+		return 1;
+	w->pos = next;
+	struct klp_object *o = (void *)next - bpf_core_field_offset(struct klp_object, node);
+	bool loaded = !BPF_CORE_READ(o, name) || BPF_CORE_READ(o, mod);
+	__u64 fn = w->kind == CB_POST_PATCH ? (__u64)BPF_CORE_READ(o, callbacks.post_patch)
+					    : (__u64)BPF_CORE_READ(o, callbacks.post_unpatch);
+	if (!loaded || !fn)
+		return 0;
+	struct event *e = reserve(EV_CALLBACK);
+	if (!e)
+		return 1;
+	e->duration = w->dur;
+	e->id = fn;
+	e->flags |= EVF_BRACKET;
+	e->version = w->kind + 1;
+	name_callback(e, o, fn);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline int cb_complete_ret_body(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct cb_complete *cp = bpf_map_lookup_elem(&cb_completes, &id);
+	if (!cp)
+		return 0;
+	struct cb_complete c = *cp;
+	bpf_map_delete_elem(&cb_completes, &id);
+	if (c.probed || c.cancelled || !c.patch || !c.start)
+		return 0;
+	struct cb_post_walk w = {
+		.head = c.patch + bpf_core_field_offset(struct klp_patch, obj_list),
+		.dur = bpf_ktime_get_ns() - c.start,
+		.kind = cur_target == 0 ? CB_POST_UNPATCH : CB_POST_PATCH,
+	};
+	w.pos = w.head;
+	bpf_loop(MAX_OBJS, cb_post_step, &w, 0);
+	return 0;
+}
+
+SEC("kretprobe/klp_complete_transition")
+int BPF_KRETPROBE(cb_complete_ret)
+{
+	return cb_complete_ret_body();
+}
+
+SEC("fexit/klp_complete_transition")
+int BPF_PROG(fexit_cb_complete_ret)
+{
+	return cb_complete_ret_body();
 }

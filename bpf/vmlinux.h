@@ -102,8 +102,17 @@ struct klp_patch {
 	bool forced;
 } __attribute__((preserve_access_index));
 
+/* Function pointers as void *: CO-RE only asks that both sides be pointers. */
+struct klp_callbacks {
+	void *pre_patch;
+	void *post_patch;
+	void *pre_unpatch;
+	void *post_unpatch;
+} __attribute__((preserve_access_index));
+
 struct klp_object {
 	const char *name;
+	struct klp_callbacks callbacks;
 	struct kobject kobj;
 	struct module *mod;
 	struct list_head func_list;

@@ -27,7 +27,7 @@ func runLive(args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fail(2, "unknown command %q (see 'klptop help')", fs.Arg(0))
 	}
-	sess, err := openSource(*backend, *interval)
+	sess, err := openSource(*backend, *interval, nil)
 	if err != nil {
 		return err
 	}

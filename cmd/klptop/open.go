@@ -30,6 +30,9 @@ func openError(err error) error {
 // notes are the start-up lines: what attached, how, and what is not observable.
 func notes(info probes.Info) []string {
 	n := []string{fmt.Sprintf("%d probes attached (%s) in %s", len(info.Attached), info.Backend, info.AttachTime.Round(time.Millisecond))}
+	if info.LoadTime > 0 {
+		n[0] += fmt.Sprintf(" (load %s)", info.LoadTime.Round(time.Millisecond))
+	}
 	if len(info.Missing) > 0 {
 		var m []string
 		for _, x := range info.Missing {

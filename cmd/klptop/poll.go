@@ -32,14 +32,14 @@ const minPollInterval = 10 * time.Millisecond
 // openSource opens the probes, or the poller when asked to or, with the
 // auto backend, when this kernel offers no usable BPF or kprobes. Every
 // other reason klptop cannot run here stays one line and exit 2.
-func openSource(backend string, interval time.Duration) (source, error) {
+func openSource(backend string, interval time.Duration, warn func(string)) (source, error) {
 	if interval < minPollInterval {
 		return nil, fail(2, "--poll-interval %s: at least %s", interval, minPollInterval)
 	}
 	if backend == poll.Backend {
 		return openPoll(interval, "")
 	}
-	s, err := probes.Open(probes.Options{Backend: backend})
+	s, err := probes.Open(probes.Options{Backend: backend, Warn: warn})
 	if err == nil {
 		return s, nil
 	}

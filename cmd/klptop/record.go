@@ -44,7 +44,7 @@ func runRecord(args []string, stderr io.Writer) error {
 	}
 	command := fs.Args()
 
-	sess, err := openSource(*backend, *interval)
+	sess, err := openSource(*backend, *interval, func(w string) { fmt.Fprintln(os.Stderr, "klptop: "+w) })
 	if err != nil {
 		return err
 	}

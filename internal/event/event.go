@@ -91,6 +91,29 @@ const (
 	NopsDiscard   Type = "nops_discard"
 	ReplacedFree  Type = "replaced_free"
 	PatchFree     Type = "patch_free"
+
+	// Callback (1.5): one of an object's callbacks returned. Patch owns
+	// it, Object is the klp_object ("vmlinux" or a module), Callback which
+	// of the four it is, Func its symbol, Duration how long it ran and,
+	// for a pre-patch callback, Ret what it returned (non-zero: the patch
+	// or the module load failed). Bracketed: klptop could not probe the
+	// callback itself (the enable's pre-patch callbacks run before user
+	// space can see the patch), so Duration spans it from the kernel's own
+	// steps around it (klp_init_transition or the previous object's
+	// klp_patch_object, to the next klp_patch_object or the cancel).
+	Callback Type = "callback"
+)
+
+// CallbacksPoint is how a trace header's attached list says the callbacks
+// were probed: on each patch's own callback functions, as klptop saw them.
+const CallbacksPoint = "klp_object.callbacks"
+
+// Callbacks, struct klp_callbacks, in the kernel's order.
+const (
+	CallbackPrePatch    = "pre_patch"
+	CallbackPostPatch   = "post_patch"
+	CallbackPreUnpatch  = "pre_unpatch"
+	CallbackPostUnpatch = "post_unpatch"
 )
 
 // The kernel functions behind Shadow's Calls.
@@ -242,6 +265,11 @@ type Event struct {
 	Live   int64             `json:"live,omitempty"`
 	Calls  map[string]uint64 `json:"calls,omitempty"`
 
+	// Callback: which one (CallbackPrePatch...), and whether it was timed
+	// from around it rather than probed.
+	Callback  string `json:"callback,omitempty"`
+	Bracketed bool   `json:"bracketed,omitempty"`
+
 	// Stack is the subject task's kernel stack, symbolized ("func+0x1c/0x40 [mod]"),
 	// innermost first. Sent when it changes, not on every check.
 	Stack []string `json:"stack,omitempty"`
@@ -272,7 +300,7 @@ var known = map[Type]bool{
 	Lost: true, FuncStack: true, Signal: true, KlpState: true, Shadow: true,
 	ModuleComing: true, ModuleGoing: true, ModuleApply: true, ModuleRevert: true,
 	PatchReplace: true, PatchReplaced: true, NopsDiscard: true, ReplacedFree: true,
-	PatchFree: true,
+	PatchFree: true, Callback: true,
 }
 
 // Known reports whether t is a type this version of klptop understands.

@@ -215,6 +215,9 @@ func (p *perfetto) instant(k *state.Tracker, e event.Event) {
 	case event.Signal:
 		p.signal(k, e)
 		return
+	case event.Callback:
+		p.callback(k, e)
+		return
 	case event.ModuleComing, event.ModuleGoing, event.ModuleApply, event.ModuleRevert,
 		event.PatchReplace, event.PatchReplaced, event.NopsDiscard, event.ReplacedFree, event.PatchFree:
 		p.global(e)
@@ -252,6 +255,24 @@ func (p *perfetto) global(e event.Event) {
 		name = e.Patch + " freed"
 	}
 	p.emit(traceEvent{Name: name, Cat: string(e.Type), Ph: "i", S: "g", Ts: p.us(e.Time)})
+}
+
+// callback is a slice on the transition's track when it ran for the
+// transition in progress, else (a module load, a failed enable) a global one.
+// The event is stamped at the callback's return.
+func (p *perfetto) callback(k *state.Tracker, e event.Event) {
+	name := fmt.Sprintf("%s %s %s", e.Patch, e.Callback, e.Object)
+	if e.Ret != 0 {
+		name += fmt.Sprintf(" returned %d", e.Ret)
+	}
+	args := map[string]any{"func": e.Func, "ret": e.Ret, "bracketed": e.Bracketed}
+	start := e.Time - min(e.Duration, e.Time)
+	if tr := k.S.Transition; tr != nil && tr.Patch == e.Patch && k.Index() > 0 {
+		p.emit(traceEvent{Name: name, Cat: "callback", Ph: "X", Ts: p.us(start), Dur: dur(e.Duration),
+			Pid: k.Index(), Tid: p.trTid, Args: args})
+		return
+	}
+	p.emit(traceEvent{Name: name, Cat: "callback", Ph: "i", S: "g", Ts: p.us(start), Args: args})
 }
 
 // signal marks the kernel's prod on the task's own track, next to the

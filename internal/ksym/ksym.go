@@ -148,6 +148,26 @@ func (t *Table) resolve(addr uint64) (Sym, uint64, bool) {
 	return s, size, ok
 }
 
+// Vmlinux returns the address of the vmlinux symbol name (data included),
+// reading kallsyms on first use: 0 when it is absent or hidden. One read of
+// kallsyms serves these lookups and the symbolizing after them: under
+// emulation each read of /proc/kallsyms costs a second.
+func (t *Table) Vmlinux(name string) (uint64, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.loaded {
+		if err := t.reloadLocked(); err != nil {
+			return 0, err
+		}
+	}
+	for _, s := range t.syms {
+		if s.Name == name && s.Module == "" && s.Addr != 0 {
+			return s.Addr, nil
+		}
+	}
+	return 0, nil
+}
+
 // Symbolize returns "func+0xoff/0xsize [mod]" for addr, like %pS, or "?"
 // when no symbol covers it (never the address itself).
 func (t *Table) Symbolize(addr uint64) string {

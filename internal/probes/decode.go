@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"strings"
 
 	"github.com/klptop/klptop/internal/event"
 )
@@ -49,7 +50,14 @@ var eventTypes = [...]event.Type{
 	21: event.NopsDiscard,
 	22: event.PatchFree,
 	23: event.ReplacedFree,
+	24: callbacksSeen,
+	25: event.Callback,
 }
+
+// enum klptop_callback: the order of cb[] in EV_CALLBACKS.
+const cbMax = 4
+
+var callbackKinds = [cbMax]string{event.CallbackPrePatch, event.CallbackPostPatch, event.CallbackPreUnpatch, event.CallbackPostUnpatch}
 
 // enum klptop_path
 var paths = [...]string{0: "", 1: event.PathUser, 2: event.PathIdle, 3: event.PathFork, 4: event.PathSched, 5: event.PathWake, 6: event.PathSignal,
@@ -58,12 +66,19 @@ var paths = [...]string{0: "", 1: event.PathUser, 2: event.PathIdle, 3: event.Pa
 const (
 	flagReplace   = 0x1
 	flagWantStack = 0x2
+	flagBracket   = 0x4
+	flagFailed    = 0x8
 )
 
 // rawEvent is a decoded struct event plus what is not in event.Event.
 type rawEvent struct {
 	event.Event
 	wantStack bool
+	// callbacksSeen and Callback: the callback's name as the kernel gave
+	// it, "func [module]", and its address (a function pointer, or the
+	// probed address).
+	sym  string
+	addr uint64
 }
 
 func cstr(b []byte) string {
@@ -107,6 +122,22 @@ func decodeEvent(b []byte) (rawEvent, error) {
 	if e.Type == event.KlpState {
 		e.ID = le.Uint64(b[offID:])
 		e.Version = int(le.Uint32(b[offVersion:]))
+	}
+	switch e.Type {
+	case callbacksSeen, event.Callback:
+		e.addr = le.Uint64(b[offID:])
+		e.Bracketed = e.Type == event.Callback && flags&flagBracket != 0
+		// Which callback, when the kernel side knows (kind + 1).
+		if k := int(le.Uint32(b[offVersion:])); k >= 1 && k <= cbMax {
+			e.Callback = callbackKinds[k-1]
+		}
+		e.sym = e.Func
+		name, mod, _ := strings.Cut(e.Func, " [")
+		e.Func = name
+		if e.Type == event.Callback {
+			// The object is in patch; the patch is the callback's module.
+			e.Object, e.Patch = objectName(e.Patch), strings.TrimSuffix(mod, "]")
+		}
 	}
 	switch e.Type {
 	case event.ModuleComing, event.ModuleGoing, event.ModuleApply, event.ModuleRevert:

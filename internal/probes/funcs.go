@@ -5,9 +5,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"os"
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -27,7 +27,7 @@ const funcsChanged event.Type = "funcs_changed"
 
 // Layout of struct func_rec and struct funcs_out (bpf/events.h).
 const (
-	funcRecSize   = 40 + funcLen + 2*patchLen
+	funcRecSize   = 40 + 2*funcLen + 2*patchLen
 	funcsOutSize  = 8
 	frecStack     = 1
 	frecPatch     = 2
@@ -61,35 +61,21 @@ var listHeads = [...]struct{ sym, variable string }{
 }
 
 // resolveHeads returns the vmlinux addresses of listHeads, or why not.
-func resolveHeads(kallsyms string) (map[string]uint64, string) {
-	f, err := os.Open(kallsyms)
-	if err != nil {
-		return nil, "kallsyms: " + err.Error()
-	}
-	defer f.Close()
-	syms, err := ksym.Parse(f)
-	if err != nil {
-		return nil, err.Error()
-	}
+func resolveHeads(syms *ksym.Table) (map[string]uint64, string) {
 	out := make(map[string]uint64)
-	for _, s := range syms {
-		if s.Module != "" || s.Addr == 0 {
-			continue
-		}
-		for _, h := range listHeads {
-			if s.Name == h.sym {
-				out[h.variable] = s.Addr
-			}
-		}
-		for _, h := range optionalHeads {
-			if s.Name == h.sym {
-				out[h.variable] = s.Addr
-			}
-		}
-	}
 	for _, h := range listHeads {
-		if out[h.variable] == 0 {
+		a, err := syms.Vmlinux(h.sym)
+		if err != nil {
+			return nil, err.Error()
+		}
+		if a == 0 {
 			return nil, "no " + h.sym + " in /proc/kallsyms (CONFIG_KALLSYMS_ALL off?)"
+		}
+		out[h.variable] = a
+	}
+	for _, h := range optionalHeads {
+		if a, _ := syms.Vmlinux(h.sym); a != 0 {
+			out[h.variable] = a
 		}
 	}
 	return out, ""
@@ -97,11 +83,11 @@ func resolveHeads(kallsyms string) (map[string]uint64, string) {
 
 // setHeads gives the funcs iterator its list heads; false (with why) when
 // the function stacks cannot be read here.
-func setHeads(spec *ebpf.CollectionSpec, kallsyms string) (bool, string) {
+func setHeads(spec *ebpf.CollectionSpec, syms *ksym.Table) (bool, string) {
 	if spec.Programs[funcsProg] == nil {
 		return false, "funcs iterator not in the BPF object"
 	}
-	heads, why := resolveHeads(kallsyms)
+	heads, why := resolveHeads(syms)
 	if why != "" {
 		return false, why
 	}
@@ -123,6 +109,7 @@ type funcRec struct {
 	fn, oldFunc, newFunc         uint64
 	nop, patched, trans, objDone bool
 	name, patch, object          string
+	newName                      string // new_func's symbol, named by the kernel; "" when it could not
 }
 
 func decodeFuncRec(b []byte) (funcRec, error) {
@@ -135,10 +122,21 @@ func decodeFuncRec(b []byte) (funcRec, error) {
 		fn: le.Uint64(b[0:]), oldFunc: le.Uint64(b[8:]), newFunc: le.Uint64(b[16:]),
 		kind: le.Uint32(b[24:]), index: le.Uint32(b[28:]), depth: le.Uint32(b[32:]),
 		nop: b[36] != 0, patched: b[37] != 0, trans: b[38] != 0, objDone: b[39] != 0,
-		name:   cstr(b[offName : offName+funcLen]),
-		patch:  cstr(b[offName+funcLen : offName+funcLen+patchLen]),
-		object: cstr(b[offName+funcLen+patchLen : offName+funcLen+2*patchLen]),
+		name:    cstr(b[offName : offName+funcLen]),
+		patch:   cstr(b[offName+funcLen : offName+funcLen+patchLen]),
+		object:  cstr(b[offName+funcLen+patchLen : offName+funcLen+2*patchLen]),
+		newName: kernelName(cstr(b[offName+funcLen+2*patchLen : offName+2*funcLen+2*patchLen])),
 	}, nil
+}
+
+// kernelName is the function of a %ps "func [module]", "" for an address
+// the kernel could not name ("0x...").
+func kernelName(ps string) string {
+	name, _, _ := strings.Cut(ps, " [")
+	if strings.HasPrefix(name, "0x") {
+		return ""
+	}
+	return name
 }
 
 // FuncStack is one patched function and its versions, newest first.
@@ -162,11 +160,13 @@ func buildStacks(recs []funcRec, syms *ksym.Table) []FuncStack {
 	// a livepatch module loaded since the table was read.
 	var addrs []uint64
 	for _, r := range recs {
-		if r.kind == frecStack && !r.nop && r.newFunc != 0 {
+		if r.kind == frecStack && !r.nop && r.newFunc != 0 && r.newName == "" {
 			addrs = append(addrs, r.newFunc)
 		}
 	}
-	syms.Fresh(addrs)
+	if len(addrs) > 0 {
+		syms.Fresh(addrs)
+	}
 	byOps := make(map[uint32][]funcRec)
 	var order []uint32
 	for _, r := range recs {
@@ -190,7 +190,9 @@ func buildStacks(recs []funcRec, syms *ksym.Table) []FuncStack {
 			}
 			v := event.FuncVersion{Patch: o.patch, Nop: r.nop, Patched: r.patched, Transition: r.trans}
 			if !r.nop && r.newFunc != 0 {
-				if n, _, ok := syms.At(r.newFunc); ok {
+				if r.newName != "" {
+					v.Func = r.newName
+				} else if n, _, ok := syms.At(r.newFunc); ok {
 					v.Func = n
 				} else {
 					v.Func = "?"

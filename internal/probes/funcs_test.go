@@ -44,12 +44,12 @@ func TestResolveHeads(t *testing.T) {
 	p := filepath.Join(dir, "kallsyms")
 	// 7.2 lists klp_ops as text: the type letter must not matter.
 	os.WriteFile(p, []byte("ffffffff81000000 T _text\nffffffff82000010 d klp_patches\nffffffff82000100 t klp_ops\nffffffffc0000000 d klp_ops\t[other]\n"), 0o644)
-	h, why := resolveHeads(p)
+	h, why := resolveHeads(ksym.New(p))
 	if why != "" || h["klp_patches_addr"] != 0xffffffff82000010 || h["klp_ops_addr"] != 0xffffffff82000100 {
 		t.Errorf("heads %x, why %q", h, why)
 	}
 	os.WriteFile(p, []byte("ffffffff81000000 T _text\nffffffff82000010 d klp_patches\n"), 0o644)
-	if _, why := resolveHeads(p); !strings.Contains(why, "no klp_ops") {
+	if _, why := resolveHeads(ksym.New(p)); !strings.Contains(why, "no klp_ops") {
 		t.Errorf("why = %q", why)
 	}
 }
@@ -89,6 +89,12 @@ ffffffffc0002100 t livepatch_end	[test_klp_livepatch]
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got %+v\nwant %+v", got, want)
 	}
+	// The kernel's name for new_func wins over the table, which need not
+	// know the module (it is not reread for it).
+	recs[0].newName, recs[0].newFunc = "fresh_cmdline_proc_show", 0xffffffffc0009000
+	if got := buildStacks(recs, ksym.New(p)); got[0].Versions[1].Func != "fresh_cmdline_proc_show" {
+		t.Errorf("versions %+v: the kernel's name not used", got[0].Versions)
+	}
 }
 
 func TestDecodeFuncRec(t *testing.T) {
@@ -100,12 +106,13 @@ func TestDecodeFuncRec(t *testing.T) {
 	copy(b[40:], "cmdline_proc_show")
 	copy(b[40+funcLen:], "livepatch_sample")
 	copy(b[40+funcLen+patchLen:], "nfsd")
+	copy(b[40+funcLen+2*patchLen:], "livepatch_cmdline_proc_show [livepatch_sample]")
 	r, err := decodeFuncRec(b)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if r.fn != 0xa1 || r.kind != frecPatch || r.index != 3 || !r.nop || r.patched || !r.trans ||
-		r.name != "cmdline_proc_show" || r.patch != "livepatch_sample" || r.object != "nfsd" {
+		r.name != "cmdline_proc_show" || r.patch != "livepatch_sample" || r.object != "nfsd" || r.newName != "livepatch_cmdline_proc_show" {
 		t.Errorf("decoded %+v", r)
 	}
 }

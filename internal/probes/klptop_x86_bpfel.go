@@ -13,6 +13,29 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type klptopCbBracket struct {
+	_         structs.HostLayout
+	Patch     uint64
+	Since     uint64
+	FailedObj uint64
+	FailedDur uint64
+}
+
+type klptopCbCall struct {
+	_     structs.HostLayout
+	Start uint64
+	Ip    uint64
+	Obj   uint64
+}
+
+type klptopCbComplete struct {
+	_         structs.HostLayout
+	Start     uint64
+	Patch     uint64
+	Probed    uint32
+	Cancelled uint32
+}
+
 type klptopCheckArgs struct {
 	_       structs.HostLayout
 	Task    uint64
@@ -34,6 +57,7 @@ type klptopFuncRec struct {
 	Name       [128]int8
 	Patch      [56]int8
 	Object     [56]int8
+	NewName    [128]int8
 }
 
 type klptopLastCheck struct {
@@ -94,6 +118,9 @@ type klptopTaskOut struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	klptopMapCbBrackets                              = "cb_brackets"
+	klptopMapCbCalls                                 = "cb_calls"
+	klptopMapCbCompletes                             = "cb_completes"
 	klptopMapCheckStash                              = "check_stash"
 	klptopMapEvents                                  = "events"
 	klptopMapFuncRecs                                = "func_recs"
@@ -106,6 +133,24 @@ const (
 	klptopMapStateRecs                               = "state_recs"
 	klptopMapSweepScratch                            = "sweep_scratch"
 	klptopMapUpdateStash                             = "update_stash"
+	klptopProgCallbacksInit                          = "callbacks_init"
+	klptopProgCbBracketCancel                        = "cb_bracket_cancel"
+	klptopProgCbBracketClose                         = "cb_bracket_close"
+	klptopProgCbBracketDone                          = "cb_bracket_done"
+	klptopProgCbBracketInit                          = "cb_bracket_init"
+	klptopProgCbBracketOpen                          = "cb_bracket_open"
+	klptopProgCbBracketReopen                        = "cb_bracket_reopen"
+	klptopProgCbBracketRet                           = "cb_bracket_ret"
+	klptopProgCbCompleteCancel                       = "cb_complete_cancel"
+	klptopProgCbCompleteEntry                        = "cb_complete_entry"
+	klptopProgCbCompleteRet                          = "cb_complete_ret"
+	klptopProgFentryCallbacksInit                    = "fentry_callbacks_init"
+	klptopProgFentryCbBracketCancel                  = "fentry_cb_bracket_cancel"
+	klptopProgFentryCbBracketClose                   = "fentry_cb_bracket_close"
+	klptopProgFentryCbBracketDone                    = "fentry_cb_bracket_done"
+	klptopProgFentryCbBracketInit                    = "fentry_cb_bracket_init"
+	klptopProgFentryCbCompleteCancel                 = "fentry_cb_complete_cancel"
+	klptopProgFentryCbCompleteEntry                  = "fentry_cb_complete_entry"
 	klptopProgFentryKlpCancelTransition              = "fentry_klp_cancel_transition"
 	klptopProgFentryKlpCheckAndSwitchTask            = "fentry_klp_check_and_switch_task"
 	klptopProgFentryKlpCopyProcess                   = "fentry_klp_copy_process"
@@ -130,6 +175,10 @@ const (
 	klptopProgFentryShadowFree                       = "fentry_shadow_free"
 	klptopProgFentryShadowFreeAll                    = "fentry_shadow_free_all"
 	klptopProgFentryShadowGetOrAlloc                 = "fentry_shadow_get_or_alloc"
+	klptopProgFexitCbBracketOpen                     = "fexit_cb_bracket_open"
+	klptopProgFexitCbBracketReopen                   = "fexit_cb_bracket_reopen"
+	klptopProgFexitCbBracketRet                      = "fexit_cb_bracket_ret"
+	klptopProgFexitCbCompleteRet                     = "fexit_cb_complete_ret"
 	klptopProgFexitFuncsChangedKlpCancelTransition   = "fexit_funcs_changed_klp_cancel_transition"
 	klptopProgFexitFuncsChangedKlpCompleteTransition = "fexit_funcs_changed_klp_complete_transition"
 	klptopProgFexitFuncsChangedKlpDiscardNops        = "fexit_funcs_changed_klp_discard_nops"
@@ -155,6 +204,8 @@ const (
 	klptopProgFuncsChangedKlpReverseTransition       = "funcs_changed_klp_reverse_transition"
 	klptopProgFuncsChangedKlpStartTransition         = "funcs_changed_klp_start_transition"
 	klptopProgFuncsChangedKlpUnpatchObjects          = "funcs_changed_klp_unpatch_objects"
+	klptopProgKlpCallback                            = "klp_callback"
+	klptopProgKlpCallbackRet                         = "klp_callback_ret"
 	klptopProgKlpCancelTransition                    = "klp_cancel_transition"
 	klptopProgKlpCheckAndSwitchTask                  = "klp_check_and_switch_task"
 	klptopProgKlpCheckAndSwitchTaskRet               = "klp_check_and_switch_task_ret"
@@ -186,9 +237,11 @@ const (
 	klptopProgShadowFreeAll                          = "shadow_free_all"
 	klptopProgShadowGetOrAlloc                       = "shadow_get_or_alloc"
 	klptopProgShadowGetOrAllocRet                    = "shadow_get_or_alloc_ret"
+	klptopProgSnapshotCallbacks                      = "snapshot_callbacks"
 	klptopProgSnapshotFuncs                          = "snapshot_funcs"
 	klptopProgSnapshotStates                         = "snapshot_states"
 	klptopProgSnapshotTasks                          = "snapshot_tasks"
+	klptopVarCbPatch                                 = "cb_patch"
 	klptopVarCurPatch                                = "cur_patch"
 	klptopVarCurTarget                               = "cur_target"
 	klptopVarKlpMutexAddr                            = "klp_mutex_addr"
@@ -252,6 +305,24 @@ type klptopSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type klptopProgramSpecs struct {
+	CallbacksInit                          *ebpf.ProgramSpec `ebpf:"callbacks_init"`
+	CbBracketCancel                        *ebpf.ProgramSpec `ebpf:"cb_bracket_cancel"`
+	CbBracketClose                         *ebpf.ProgramSpec `ebpf:"cb_bracket_close"`
+	CbBracketDone                          *ebpf.ProgramSpec `ebpf:"cb_bracket_done"`
+	CbBracketInit                          *ebpf.ProgramSpec `ebpf:"cb_bracket_init"`
+	CbBracketOpen                          *ebpf.ProgramSpec `ebpf:"cb_bracket_open"`
+	CbBracketReopen                        *ebpf.ProgramSpec `ebpf:"cb_bracket_reopen"`
+	CbBracketRet                           *ebpf.ProgramSpec `ebpf:"cb_bracket_ret"`
+	CbCompleteCancel                       *ebpf.ProgramSpec `ebpf:"cb_complete_cancel"`
+	CbCompleteEntry                        *ebpf.ProgramSpec `ebpf:"cb_complete_entry"`
+	CbCompleteRet                          *ebpf.ProgramSpec `ebpf:"cb_complete_ret"`
+	FentryCallbacksInit                    *ebpf.ProgramSpec `ebpf:"fentry_callbacks_init"`
+	FentryCbBracketCancel                  *ebpf.ProgramSpec `ebpf:"fentry_cb_bracket_cancel"`
+	FentryCbBracketClose                   *ebpf.ProgramSpec `ebpf:"fentry_cb_bracket_close"`
+	FentryCbBracketDone                    *ebpf.ProgramSpec `ebpf:"fentry_cb_bracket_done"`
+	FentryCbBracketInit                    *ebpf.ProgramSpec `ebpf:"fentry_cb_bracket_init"`
+	FentryCbCompleteCancel                 *ebpf.ProgramSpec `ebpf:"fentry_cb_complete_cancel"`
+	FentryCbCompleteEntry                  *ebpf.ProgramSpec `ebpf:"fentry_cb_complete_entry"`
 	FentryKlpCancelTransition              *ebpf.ProgramSpec `ebpf:"fentry_klp_cancel_transition"`
 	FentryKlpCheckAndSwitchTask            *ebpf.ProgramSpec `ebpf:"fentry_klp_check_and_switch_task"`
 	FentryKlpCopyProcess                   *ebpf.ProgramSpec `ebpf:"fentry_klp_copy_process"`
@@ -276,6 +347,10 @@ type klptopProgramSpecs struct {
 	FentryShadowFree                       *ebpf.ProgramSpec `ebpf:"fentry_shadow_free"`
 	FentryShadowFreeAll                    *ebpf.ProgramSpec `ebpf:"fentry_shadow_free_all"`
 	FentryShadowGetOrAlloc                 *ebpf.ProgramSpec `ebpf:"fentry_shadow_get_or_alloc"`
+	FexitCbBracketOpen                     *ebpf.ProgramSpec `ebpf:"fexit_cb_bracket_open"`
+	FexitCbBracketReopen                   *ebpf.ProgramSpec `ebpf:"fexit_cb_bracket_reopen"`
+	FexitCbBracketRet                      *ebpf.ProgramSpec `ebpf:"fexit_cb_bracket_ret"`
+	FexitCbCompleteRet                     *ebpf.ProgramSpec `ebpf:"fexit_cb_complete_ret"`
 	FexitFuncsChangedKlpCancelTransition   *ebpf.ProgramSpec `ebpf:"fexit_funcs_changed_klp_cancel_transition"`
 	FexitFuncsChangedKlpCompleteTransition *ebpf.ProgramSpec `ebpf:"fexit_funcs_changed_klp_complete_transition"`
 	FexitFuncsChangedKlpDiscardNops        *ebpf.ProgramSpec `ebpf:"fexit_funcs_changed_klp_discard_nops"`
@@ -301,6 +376,8 @@ type klptopProgramSpecs struct {
 	FuncsChangedKlpReverseTransition       *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_reverse_transition"`
 	FuncsChangedKlpStartTransition         *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_start_transition"`
 	FuncsChangedKlpUnpatchObjects          *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_unpatch_objects"`
+	KlpCallback                            *ebpf.ProgramSpec `ebpf:"klp_callback"`
+	KlpCallbackRet                         *ebpf.ProgramSpec `ebpf:"klp_callback_ret"`
 	KlpCancelTransition                    *ebpf.ProgramSpec `ebpf:"klp_cancel_transition"`
 	KlpCheckAndSwitchTask                  *ebpf.ProgramSpec `ebpf:"klp_check_and_switch_task"`
 	KlpCheckAndSwitchTaskRet               *ebpf.ProgramSpec `ebpf:"klp_check_and_switch_task_ret"`
@@ -332,6 +409,7 @@ type klptopProgramSpecs struct {
 	ShadowFreeAll                          *ebpf.ProgramSpec `ebpf:"shadow_free_all"`
 	ShadowGetOrAlloc                       *ebpf.ProgramSpec `ebpf:"shadow_get_or_alloc"`
 	ShadowGetOrAllocRet                    *ebpf.ProgramSpec `ebpf:"shadow_get_or_alloc_ret"`
+	SnapshotCallbacks                      *ebpf.ProgramSpec `ebpf:"snapshot_callbacks"`
 	SnapshotFuncs                          *ebpf.ProgramSpec `ebpf:"snapshot_funcs"`
 	SnapshotStates                         *ebpf.ProgramSpec `ebpf:"snapshot_states"`
 	SnapshotTasks                          *ebpf.ProgramSpec `ebpf:"snapshot_tasks"`
@@ -341,6 +419,9 @@ type klptopProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type klptopMapSpecs struct {
+	CbBrackets   *ebpf.MapSpec `ebpf:"cb_brackets"`
+	CbCalls      *ebpf.MapSpec `ebpf:"cb_calls"`
+	CbCompletes  *ebpf.MapSpec `ebpf:"cb_completes"`
 	CheckStash   *ebpf.MapSpec `ebpf:"check_stash"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	FuncRecs     *ebpf.MapSpec `ebpf:"func_recs"`
@@ -359,6 +440,7 @@ type klptopMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type klptopVariableSpecs struct {
+	CbPatch           *ebpf.VariableSpec `ebpf:"cb_patch"`
 	CurPatch          *ebpf.VariableSpec `ebpf:"cur_patch"`
 	CurTarget         *ebpf.VariableSpec `ebpf:"cur_target"`
 	KlpMutexAddr      *ebpf.VariableSpec `ebpf:"klp_mutex_addr"`
@@ -400,6 +482,9 @@ func (o *klptopObjects) Close() error {
 //
 // It can be passed to loadKlptopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type klptopMaps struct {
+	CbBrackets   *ebpf.Map `ebpf:"cb_brackets"`
+	CbCalls      *ebpf.Map `ebpf:"cb_calls"`
+	CbCompletes  *ebpf.Map `ebpf:"cb_completes"`
 	CheckStash   *ebpf.Map `ebpf:"check_stash"`
 	Events       *ebpf.Map `ebpf:"events"`
 	FuncRecs     *ebpf.Map `ebpf:"func_recs"`
@@ -416,6 +501,9 @@ type klptopMaps struct {
 
 func (m *klptopMaps) Close() error {
 	return _KlptopClose(
+		m.CbBrackets,
+		m.CbCalls,
+		m.CbCompletes,
 		m.CheckStash,
 		m.Events,
 		m.FuncRecs,
@@ -435,6 +523,7 @@ func (m *klptopMaps) Close() error {
 //
 // It can be passed to loadKlptopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type klptopVariables struct {
+	CbPatch           *ebpf.Variable `ebpf:"cb_patch"`
 	CurPatch          *ebpf.Variable `ebpf:"cur_patch"`
 	CurTarget         *ebpf.Variable `ebpf:"cur_target"`
 	KlpMutexAddr      *ebpf.Variable `ebpf:"klp_mutex_addr"`
@@ -460,6 +549,24 @@ type klptopVariables struct {
 //
 // It can be passed to loadKlptopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type klptopPrograms struct {
+	CallbacksInit                          *ebpf.Program `ebpf:"callbacks_init"`
+	CbBracketCancel                        *ebpf.Program `ebpf:"cb_bracket_cancel"`
+	CbBracketClose                         *ebpf.Program `ebpf:"cb_bracket_close"`
+	CbBracketDone                          *ebpf.Program `ebpf:"cb_bracket_done"`
+	CbBracketInit                          *ebpf.Program `ebpf:"cb_bracket_init"`
+	CbBracketOpen                          *ebpf.Program `ebpf:"cb_bracket_open"`
+	CbBracketReopen                        *ebpf.Program `ebpf:"cb_bracket_reopen"`
+	CbBracketRet                           *ebpf.Program `ebpf:"cb_bracket_ret"`
+	CbCompleteCancel                       *ebpf.Program `ebpf:"cb_complete_cancel"`
+	CbCompleteEntry                        *ebpf.Program `ebpf:"cb_complete_entry"`
+	CbCompleteRet                          *ebpf.Program `ebpf:"cb_complete_ret"`
+	FentryCallbacksInit                    *ebpf.Program `ebpf:"fentry_callbacks_init"`
+	FentryCbBracketCancel                  *ebpf.Program `ebpf:"fentry_cb_bracket_cancel"`
+	FentryCbBracketClose                   *ebpf.Program `ebpf:"fentry_cb_bracket_close"`
+	FentryCbBracketDone                    *ebpf.Program `ebpf:"fentry_cb_bracket_done"`
+	FentryCbBracketInit                    *ebpf.Program `ebpf:"fentry_cb_bracket_init"`
+	FentryCbCompleteCancel                 *ebpf.Program `ebpf:"fentry_cb_complete_cancel"`
+	FentryCbCompleteEntry                  *ebpf.Program `ebpf:"fentry_cb_complete_entry"`
 	FentryKlpCancelTransition              *ebpf.Program `ebpf:"fentry_klp_cancel_transition"`
 	FentryKlpCheckAndSwitchTask            *ebpf.Program `ebpf:"fentry_klp_check_and_switch_task"`
 	FentryKlpCopyProcess                   *ebpf.Program `ebpf:"fentry_klp_copy_process"`
@@ -484,6 +591,10 @@ type klptopPrograms struct {
 	FentryShadowFree                       *ebpf.Program `ebpf:"fentry_shadow_free"`
 	FentryShadowFreeAll                    *ebpf.Program `ebpf:"fentry_shadow_free_all"`
 	FentryShadowGetOrAlloc                 *ebpf.Program `ebpf:"fentry_shadow_get_or_alloc"`
+	FexitCbBracketOpen                     *ebpf.Program `ebpf:"fexit_cb_bracket_open"`
+	FexitCbBracketReopen                   *ebpf.Program `ebpf:"fexit_cb_bracket_reopen"`
+	FexitCbBracketRet                      *ebpf.Program `ebpf:"fexit_cb_bracket_ret"`
+	FexitCbCompleteRet                     *ebpf.Program `ebpf:"fexit_cb_complete_ret"`
 	FexitFuncsChangedKlpCancelTransition   *ebpf.Program `ebpf:"fexit_funcs_changed_klp_cancel_transition"`
 	FexitFuncsChangedKlpCompleteTransition *ebpf.Program `ebpf:"fexit_funcs_changed_klp_complete_transition"`
 	FexitFuncsChangedKlpDiscardNops        *ebpf.Program `ebpf:"fexit_funcs_changed_klp_discard_nops"`
@@ -509,6 +620,8 @@ type klptopPrograms struct {
 	FuncsChangedKlpReverseTransition       *ebpf.Program `ebpf:"funcs_changed_klp_reverse_transition"`
 	FuncsChangedKlpStartTransition         *ebpf.Program `ebpf:"funcs_changed_klp_start_transition"`
 	FuncsChangedKlpUnpatchObjects          *ebpf.Program `ebpf:"funcs_changed_klp_unpatch_objects"`
+	KlpCallback                            *ebpf.Program `ebpf:"klp_callback"`
+	KlpCallbackRet                         *ebpf.Program `ebpf:"klp_callback_ret"`
 	KlpCancelTransition                    *ebpf.Program `ebpf:"klp_cancel_transition"`
 	KlpCheckAndSwitchTask                  *ebpf.Program `ebpf:"klp_check_and_switch_task"`
 	KlpCheckAndSwitchTaskRet               *ebpf.Program `ebpf:"klp_check_and_switch_task_ret"`
@@ -540,6 +653,7 @@ type klptopPrograms struct {
 	ShadowFreeAll                          *ebpf.Program `ebpf:"shadow_free_all"`
 	ShadowGetOrAlloc                       *ebpf.Program `ebpf:"shadow_get_or_alloc"`
 	ShadowGetOrAllocRet                    *ebpf.Program `ebpf:"shadow_get_or_alloc_ret"`
+	SnapshotCallbacks                      *ebpf.Program `ebpf:"snapshot_callbacks"`
 	SnapshotFuncs                          *ebpf.Program `ebpf:"snapshot_funcs"`
 	SnapshotStates                         *ebpf.Program `ebpf:"snapshot_states"`
 	SnapshotTasks                          *ebpf.Program `ebpf:"snapshot_tasks"`
@@ -547,6 +661,24 @@ type klptopPrograms struct {
 
 func (p *klptopPrograms) Close() error {
 	return _KlptopClose(
+		p.CallbacksInit,
+		p.CbBracketCancel,
+		p.CbBracketClose,
+		p.CbBracketDone,
+		p.CbBracketInit,
+		p.CbBracketOpen,
+		p.CbBracketReopen,
+		p.CbBracketRet,
+		p.CbCompleteCancel,
+		p.CbCompleteEntry,
+		p.CbCompleteRet,
+		p.FentryCallbacksInit,
+		p.FentryCbBracketCancel,
+		p.FentryCbBracketClose,
+		p.FentryCbBracketDone,
+		p.FentryCbBracketInit,
+		p.FentryCbCompleteCancel,
+		p.FentryCbCompleteEntry,
 		p.FentryKlpCancelTransition,
 		p.FentryKlpCheckAndSwitchTask,
 		p.FentryKlpCopyProcess,
@@ -571,6 +703,10 @@ func (p *klptopPrograms) Close() error {
 		p.FentryShadowFree,
 		p.FentryShadowFreeAll,
 		p.FentryShadowGetOrAlloc,
+		p.FexitCbBracketOpen,
+		p.FexitCbBracketReopen,
+		p.FexitCbBracketRet,
+		p.FexitCbCompleteRet,
 		p.FexitFuncsChangedKlpCancelTransition,
 		p.FexitFuncsChangedKlpCompleteTransition,
 		p.FexitFuncsChangedKlpDiscardNops,
@@ -596,6 +732,8 @@ func (p *klptopPrograms) Close() error {
 		p.FuncsChangedKlpReverseTransition,
 		p.FuncsChangedKlpStartTransition,
 		p.FuncsChangedKlpUnpatchObjects,
+		p.KlpCallback,
+		p.KlpCallbackRet,
 		p.KlpCancelTransition,
 		p.KlpCheckAndSwitchTask,
 		p.KlpCheckAndSwitchTaskRet,
@@ -627,6 +765,7 @@ func (p *klptopPrograms) Close() error {
 		p.ShadowFreeAll,
 		p.ShadowGetOrAlloc,
 		p.ShadowGetOrAllocRet,
+		p.SnapshotCallbacks,
 		p.SnapshotFuncs,
 		p.SnapshotStates,
 		p.SnapshotTasks,

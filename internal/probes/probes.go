@@ -37,6 +37,9 @@ const (
 // Options configure Open.
 type Options struct {
 	Backend string // "auto" (or ""), "fentry", "kprobe-multi", "kprobe"
+	// Warn, if set, hears what goes wrong after Open (a callback that
+	// cannot be probed), from Read's goroutine.
+	Warn func(string)
 }
 
 // Reasons Open fails; the returned errors wrap them with detail.
@@ -59,6 +62,7 @@ type Info struct {
 	// instead (Symbol as in Attached), and why.
 	Fallback   []Missing
 	AttachTime time.Duration // load and attach
+	LoadTime   time.Duration // of which loading (the verifier, CO-RE against the kernel's BTF)
 	Kernel     string        // uname -r
 	// FuncsWhy says why function stacks cannot be read here; "" when they can.
 	FuncsWhy string
@@ -95,6 +99,9 @@ type Session struct {
 	lastFuncs   map[string]FuncStack
 
 	lastShadow map[uint64]shadowCount // shadow_counts as last reported
+
+	cb   callbacks
+	warn func(string)
 }
 
 // Open checks that this machine can run klptop, then loads and attaches the
@@ -140,7 +147,8 @@ func Open(opts Options) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
-	missing = append(missing, setShadowHash(spec, "/proc/kallsyms", attach)...)
+	syms := ksym.New("/proc/kallsyms")
+	missing = append(missing, setShadowHash(spec, syms, attach)...)
 	if err := seedTransition(spec, root); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
@@ -168,9 +176,11 @@ func Open(opts Options) (*Session, error) {
 			keep[p.prog] = true
 		}
 	}
-	funcsOK, funcsWhy := setHeads(spec, "/proc/kallsyms")
+	funcsOK, funcsWhy := setHeads(spec, syms)
 	keep[funcsProg] = funcsOK
 	keep[statesProg] = funcsOK // walks klp_patches too
+	keep[callbacksIterPrg] = funcsOK
+	keep[callbackProg], keep[callbackRetProg] = true, true
 	if kmode == BackendKprobeMulti {
 		for _, p := range probes {
 			if ps := spec.Programs[p.prog]; ps != nil {
@@ -182,18 +192,37 @@ func Open(opts Options) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
+	cbWhy := callbacksWhy(keep)
 	for _, r := range rejected {
 		if r.fellBack {
 			fallback[r.prog] = r.why
 			continue
 		}
+		if r.prog == "" {
+			cbWhy = r.why
+			continue
+		}
 		delete(attach, r.prog)
 		missing = append(missing, Missing{Symbol: probeName(r.symbol, r.ret), Why: r.why})
 	}
-	s := &Session{coll: coll, syms: ksym.New("/proc/kallsyms"), root: root, funcsWhy: funcsWhy}
-	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy}
+	s := &Session{coll: coll, syms: syms, root: root, funcsWhy: funcsWhy, warn: opts.Warn}
+	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy, LoadTime: time.Since(start)}
 
 	attached, failed, linkFallback := s.attachAll(spec, attach, kmode, cache)
+	if cbWhy == "" {
+		if err := readKprobePMU(); err != nil {
+			cbWhy = err.Error()
+		}
+	}
+	s.cb.why = cbWhy
+	if cbWhy == "" {
+		attached = append(attached, CallbacksPoint)
+		if !keep[callbacksIterPrg] {
+			failed = append(failed, Missing{Symbol: CallbacksPoint, Why: "callbacks of patches loaded before klptop not observable: " + funcsWhy})
+		}
+	} else {
+		failed = append(failed, Missing{Symbol: CallbacksPoint, Why: "callbacks not observable: " + cbWhy})
+	}
 	s.info.Attached = attached
 	s.info.Missing = append(missing, failed...)
 	for prog, why := range linkFallback {
@@ -214,9 +243,20 @@ func Open(opts Options) (*Session, error) {
 	return s, nil
 }
 
+// callbacksWhy: why the callbacks cannot be observed, when the programs
+// were not loaded. Without the iterator (no klp_patches head) only the
+// callbacks of patches loaded before klptop are unseen.
+func callbacksWhy(keep map[string]bool) string {
+	if !keep[callbackProg] || !keep[callbackRetProg] {
+		return "callback programs not loaded"
+	}
+	return ""
+}
+
 // rejectedProbe is a program the kernel refused: a kprobe one (the probe
-// is lost), or an fentry twin (fellBack: its kprobe program was loaded
-// instead).
+// is lost), an fentry twin (fellBack: its kprobe program was loaded
+// instead), or (prog "") a callback program, which is not in the probes
+// table.
 type rejectedProbe struct {
 	probe
 	why      string
@@ -261,6 +301,10 @@ func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy st
 			if statesWhy == "" {
 				statesWhy = "states iterator rejected: " + msg
 			}
+		case callbackProg, callbackRetProg, callbacksIterPrg:
+			// The callbacks go unobserved, and only they.
+			keep[callbackProg], keep[callbackRetProg], keep[callbacksIterPrg] = false, false, false
+			rejected = append(rejected, rejectedProbe{why: m[1] + " rejected by the verifier: " + msg})
 		default:
 			if p, ok := twinOf(m[1]); ok {
 				keep[m[1]] = false
@@ -307,13 +351,14 @@ func OpenIterators() (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
-	funcsOK, funcsWhy := setHeads(spec, "/proc/kallsyms")
+	syms := ksym.New("/proc/kallsyms")
+	funcsOK, funcsWhy := setHeads(spec, syms)
 	_ = rlimit.RemoveMemlock()
 	coll, funcsWhy, statesWhy, _, err := loadCollection(spec, map[string]bool{iterProg: true, funcsProg: funcsOK, statesProg: funcsOK}, funcsWhy, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
-	s := &Session{coll: coll, syms: ksym.New("/proc/kallsyms"), root: root, funcsWhy: funcsWhy}
+	s := &Session{coll: coll, syms: syms, root: root, funcsWhy: funcsWhy}
 	s.info = Info{Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy}
 	return s, nil
 }
@@ -524,6 +569,7 @@ func (s *Session) Close() error {
 		for _, l := range s.links {
 			errs = append(errs, l.Close())
 		}
+		errs = append(errs, s.closeCallbacks())
 		if s.coll != nil {
 			s.coll.Close()
 		}

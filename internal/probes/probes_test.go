@@ -65,6 +65,16 @@ func TestPlan(t *testing.T) {
 		"shadow_free":                     {"klp_shadow_free"},
 		"shadow_free_all":                 {"klp_shadow_free_all"},
 
+		"callbacks_init":     {"klp_init_transition"},
+		"cb_bracket_init":    {"klp_init_transition"},
+		"cb_bracket_open":    {"klp_init_transition"},
+		"cb_bracket_done":    {"klp_start_transition.part.0"},
+		"cb_bracket_cancel":  {"klp_cancel_transition.isra.0"},
+		"cb_bracket_ret":     {"klp_enable_patch"},
+		"cb_complete_entry":  {"klp_complete_transition"},
+		"cb_complete_ret":    {"klp_complete_transition"},
+		"cb_complete_cancel": {"klp_cancel_transition.isra.0"},
+
 		"funcs_changed_klp_start_transition":    {"klp_start_transition.part.0"},
 		"funcs_changed_klp_complete_transition": {"klp_complete_transition"},
 		"funcs_changed_klp_reverse_transition":  {"klp_reverse_transition"},
@@ -130,7 +140,8 @@ func TestPlanCoversEveryProgram(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	known := map[string]bool{iterProg: true, funcsProg: true, statesProg: true}
+	known := map[string]bool{iterProg: true, funcsProg: true, statesProg: true,
+		callbacksIterPrg: true, callbackProg: true, callbackRetProg: true}
 	for _, p := range probes {
 		known[p.prog] = true
 		known[twin(p)] = true
@@ -198,7 +209,7 @@ func TestEventLayout(t *testing.T) {
 	size, off = offsets("func_rec")
 	for name, want := range map[string]uint32{"func": 0, "old_func": 8, "new_func": 16, "kind": 24,
 		"index": 28, "depth": 32, "nop": 36, "patched": 37, "transition": 38, "obj_patched": 39,
-		"name": 40, "patch": 40 + funcLen, "object": 40 + funcLen + patchLen} {
+		"name": 40, "patch": 40 + funcLen, "object": 40 + funcLen + patchLen, "new_name": 40 + funcLen + 2*patchLen} {
 		if off[name] != want {
 			t.Errorf("func_rec.%s at %d, decoder reads %d", name, off[name], want)
 		}
@@ -327,5 +338,54 @@ func TestSchedInSchedule(t *testing.T) {
 		if got := schedInSchedule(rel); got != want {
 			t.Errorf("schedInSchedule(%q) = %v, want %v", rel, got, want)
 		}
+	}
+}
+
+// A hand-made EV_CALLBACK as the kernel side writes it: the object in
+// patch, the callback %ps-named in func, a bracketed one's kind in version.
+func TestDecodeCallback(t *testing.T) {
+	b := make([]byte, eventSize)
+	b[16] = 25 // EV_CALLBACK
+	b[52] = flagBracket | flagFailed
+	copy(b[32:], []byte{0xed, 0xff, 0xff, 0xff}) // -19
+	copy(b[offPatch:], "test_klp_callbacks_mod")
+	copy(b[offFunc:], "pre_patch_callback [test_klp_callbacks_demo]")
+	b[offID] = 0x40
+	b[offVersion] = 1 // CB_PRE_PATCH + 1
+	raw, err := decodeEvent(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if raw.Type != event.Callback || raw.Object != "test_klp_callbacks_mod" || raw.Func != "pre_patch_callback" ||
+		raw.Patch != "test_klp_callbacks_demo" || raw.Callback != event.CallbackPrePatch || !raw.Bracketed || raw.Ret != -19 || raw.addr != 0x40 {
+		t.Errorf("decoded %+v", raw)
+	}
+	// Probed (no kind from the kernel side): the site, by the kernel's
+	// name, says post_unpatch and owns the ret (void: cleared).
+	var s Session
+	s.cb.sites = map[string]*callbackSite{"pre_patch_callback [test_klp_callbacks_demo]": {kind: event.CallbackPostUnpatch, patch: "test_klp_callbacks_demo"}}
+	b[52], b[offVersion], b[offPatch] = 0, 0, 0
+	if raw, err = decodeEvent(b); err != nil {
+		t.Fatal(err)
+	}
+	e, ok := s.callbackEvent(raw)
+	if !ok || e.Callback != event.CallbackPostUnpatch || e.Ret != 0 || e.Object != "vmlinux" || e.Bracketed {
+		t.Errorf("probed callback %+v (ok %v)", e, ok)
+	}
+	// An EV_CALLBACKS names the site to probe and its kind.
+	b2 := make([]byte, eventSize)
+	b2[16] = 24 // EV_CALLBACKS
+	copy(b2[offPatch:], "test_klp_callbacks_demo")
+	copy(b2[offFunc:], "post_patch_callback [test_klp_callbacks_demo]")
+	b2[offVersion] = 2 // CB_POST_PATCH + 1
+	if raw, err := decodeEvent(b2); err != nil || raw.Type != callbacksSeen || raw.sym != "post_patch_callback [test_klp_callbacks_demo]" ||
+		raw.Callback != event.CallbackPostPatch || raw.Patch != "test_klp_callbacks_demo" {
+		t.Errorf("EV_CALLBACKS decoded %+v (%v)", raw, err)
+	}
+	// No symbol for the address: dropped, never written as a number.
+	copy(b[offFunc:], "0xffffffffc0001000\x00")
+	raw, _ = decodeEvent(b)
+	if _, ok := s.callbackEvent(raw); ok {
+		t.Error("a callback the kernel could not name was kept")
 	}
 }

@@ -69,6 +69,21 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 			}
 			continue
 		}
+		switch raw.Type {
+		case callbacksSeen:
+			s.learnCallbacks(raw)
+			continue
+		case event.Callback:
+			e, ok := s.callbackEvent(raw)
+			if !ok {
+				continue // no symbol at its address: nothing to name it by
+			}
+			fn(s.finish(rawEvent{Event: e}))
+			continue
+		}
+		if raw.Type == event.ModuleGoing {
+			s.forgetModule(raw.Object)
+		}
 		fn(s.finish(raw))
 		if time.Since(s.lostChecked) >= pollEvery {
 			s.reportLost(fn)
@@ -86,8 +101,9 @@ func (s *Session) finish(raw rawEvent) event.Event {
 	}
 	switch e.Type {
 	case event.PatchEnable:
-		// A new livepatch module: its functions are new stack frames.
-		_ = s.syms.Reload()
+		// A new livepatch module: the kernel names its functions where
+		// klptop shows them (%ps in the BPF programs, /proc stacks); the
+		// table rereads kallsyms by itself on a miss.
 	case event.TaskCheck:
 		// Kprobes hold no BTF task pointer, so bpf_get_task_stack() is out
 		// of reach there; the task is stuck, so its stack in /proc is the

@@ -1,20 +1,17 @@
 package probes
 
 import (
-	"bufio"
 	"cmp"
 	"encoding/binary"
 	"fmt"
 	"io"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/klptop/klptop/internal/event"
+	"github.com/klptop/klptop/internal/ksym"
 )
 
 // statesProg is the iterator that reads the klp_state array of every patch
@@ -45,39 +42,10 @@ type shadowCount struct {
 	Allocs, Frees                                        uint64
 }
 
-// kallsymsAddr returns the address of a symbol in a kallsyms file, 0 when
-// it is absent (or addresses are hidden).
-func kallsymsAddr(path, sym string) uint64 {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	return kallsymsAddrIn(f, sym)
-}
-
-func kallsymsAddrIn(r io.Reader, sym string) uint64 {
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.Contains(line, sym) {
-			continue
-		}
-		f := strings.Fields(line)
-		if len(f) >= 3 && f[2] == sym && len(f) == 3 {
-			a, err := strconv.ParseUint(f[0], 16, 64)
-			if err == nil && a != 0 {
-				return a
-			}
-		}
-	}
-	return 0
-}
-
 // setShadowHash gives the programs the address of klp_shadow_hash and drops
 // the probes that need it when it is unknown.
-func setShadowHash(spec *ebpf.CollectionSpec, kallsyms string, attach map[string][]string) []Missing {
-	addr := kallsymsAddr(kallsyms, shadowHashSym)
+func setShadowHash(spec *ebpf.CollectionSpec, syms *ksym.Table, attach map[string][]string) []Missing {
+	addr, _ := syms.Vmlinux(shadowHashSym)
 	if v := spec.Variables["klp_shadow_hash_addr"]; v != nil && addr != 0 {
 		if err := v.Set(addr); err != nil {
 			addr = 0

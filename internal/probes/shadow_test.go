@@ -1,11 +1,14 @@
 package probes
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/klptop/klptop/internal/event"
+	"github.com/klptop/klptop/internal/ksym"
 )
 
 // A hand-made /proc/kallsyms excerpt: the table is a static variable ('b'),
@@ -16,11 +19,15 @@ ffffffffc0a01000 t klp_shadow_hash_dump	[made_up_mod]
 `
 
 func TestKallsymsAddr(t *testing.T) {
-	if a := kallsymsAddrIn(strings.NewReader(handMadeKallsyms), shadowHashSym); a != 0xffffffff83a1c0c0 {
-		t.Errorf("klp_shadow_hash at %#x", a)
+	p := filepath.Join(t.TempDir(), "kallsyms")
+	os.WriteFile(p, []byte(handMadeKallsyms), 0o644)
+	if a, err := ksym.New(p).Vmlinux(shadowHashSym); err != nil || a != 0xffffffff83a1c0c0 {
+		t.Errorf("klp_shadow_hash at %#x (%v)", a, err)
 	}
+	// Only some hidden (a module's symbol not): not found, not zero.
 	hidden := strings.ReplaceAll(handMadeKallsyms, "ffffffff83a1c0c0", "0000000000000000")
-	if a := kallsymsAddrIn(strings.NewReader(hidden), shadowHashSym); a != 0 {
+	os.WriteFile(p, []byte(hidden), 0o644)
+	if a, _ := ksym.New(p).Vmlinux(shadowHashSym); a != 0 {
 		t.Errorf("hidden address read as %#x", a)
 	}
 }

@@ -38,6 +38,10 @@ func (s *Session) Snapshot() ([]event.Event, error) {
 	if states, err := s.stateEvents(now); err == nil || states != nil {
 		out = append(out, states...)
 	}
+	if s.rd != nil && s.cb.why == "" {
+		// Into the ring buffer, for Read: the probes go on them there.
+		_ = s.snapshotCallbacks()
+	}
 	tasks, err := snapshotTasks(s.coll.Programs[iterProg], now, target, s.syms)
 	if err != nil {
 		return nil, err

@@ -71,6 +71,19 @@ var probes = []probe{
 	{prog: "shadow_free", symbol: event.ShadowFree, args: true},
 	{prog: "shadow_free_all", symbol: event.ShadowFreeAll, args: true},
 	// Where function stacks change: user space re-reads them after each.
+	// Callbacks: the objects' callback addresses, and the bracket of the
+	// enable's pre-patch callbacks (bpf/klptop.bpf.c says why).
+	{prog: "callbacks_init", symbol: "klp_init_transition", args: true},
+	{prog: "cb_bracket_init", symbol: "klp_init_transition", args: true, pair: "cb_bracket_open"},
+	{prog: "cb_bracket_open", symbol: "klp_init_transition", ret: true, pair: "cb_bracket_init"},
+	{prog: "cb_bracket_close", symbol: "klp_patch_object", args: true, pair: "cb_bracket_open"},
+	{prog: "cb_bracket_reopen", symbol: "klp_patch_object", ret: true, args: true, pair: "cb_bracket_open"},
+	{prog: "cb_bracket_done", symbol: "klp_start_transition", pair: "cb_bracket_open"},
+	{prog: "cb_bracket_cancel", symbol: "klp_cancel_transition", pair: "cb_bracket_open"},
+	{prog: "cb_bracket_ret", symbol: "klp_enable_patch", ret: true, args: true, pair: "cb_bracket_open"},
+	{prog: "cb_complete_entry", symbol: "klp_complete_transition", pair: "cb_complete_ret"},
+	{prog: "cb_complete_ret", symbol: "klp_complete_transition", ret: true, pair: "cb_complete_entry"},
+	{prog: "cb_complete_cancel", symbol: "klp_cancel_transition", pair: "cb_complete_ret"},
 	{prog: "funcs_changed_klp_start_transition", symbol: "klp_start_transition", ret: true},
 	{prog: "funcs_changed_klp_complete_transition", symbol: "klp_complete_transition", ret: true},
 	{prog: "funcs_changed_klp_reverse_transition", symbol: "klp_reverse_transition", ret: true},

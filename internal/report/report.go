@@ -77,6 +77,29 @@ type Transition struct {
 	// kernel did it at its completion; nil when it replaced nothing or the
 	// trace does not show it.
 	Replace *Replace `json:"replace,omitempty"`
+	// Callbacks (trace format 1.5) that ran for this transition: the
+	// pre-unpatch callbacks just before an unpatching, the pre-patch ones
+	// of an enable, the post ones at the completion.
+	Callbacks []Callback `json:"callbacks,omitempty"`
+}
+
+// Callback is one run of an object's callback.
+type Callback struct {
+	Time     Time   `json:"time"`
+	Patch    string `json:"patch"`
+	Object   string `json:"object"`
+	Callback string `json:"callback"`
+	Func     string `json:"func"`
+	// DurationNs: how long it ran; Bracketed, timed from the kernel's
+	// steps around it (the enable's pre-patch callbacks).
+	DurationNs uint64 `json:"duration_ns"`
+	Bracketed  bool   `json:"bracketed,omitempty"`
+	// Ret: what a pre-patch callback returned; non-zero failed the enable
+	// or the module load.
+	Ret int32 `json:"ret"`
+	// InTransition: it ran for a transition of its patch (and is listed
+	// there too), not for a module load.
+	InTransition bool `json:"in_transition"`
 }
 
 // Replace is one atomic replace: the patches the kernel unpatched
@@ -170,7 +193,13 @@ type Summary struct {
 	// Modules that loaded or unloaded while livepatch watched them
 	// (klp_module_coming/going), in order; at most maxModules.
 	Modules []Module `json:"modules,omitempty"`
+	// Callbacks that ran, in order, at most maxCallbacks;
+	// CallbacksObservable: the recorder probed them.
+	Callbacks           []Callback `json:"callbacks,omitempty"`
+	CallbacksObservable bool       `json:"callbacks_observable,omitempty"`
 }
+
+const maxCallbacks = 4096
 
 const maxModules = 4096
 
@@ -206,6 +235,7 @@ func Run(r io.Reader, w io.Writer, opts Options) (*Summary, error) {
 		return sum, err
 	}
 	sum.ShadowsObservable = slices.Contains(tr.Header.Attached, event.ShadowAlloc)
+	sum.CallbacksObservable = slices.Contains(tr.Header.Attached, event.CallbacksPoint)
 	var out sink
 	if opts.JSON {
 		out = newJSONSink(w)
@@ -232,7 +262,11 @@ func Run(r io.Reader, w io.Writer, opts Options) (*Summary, error) {
 		b.sawStates(e)
 		b.sawReplace(e)
 		b.sawModule(e, sum)
-		if ended := k.Apply(e); ended != nil {
+		ended := k.Apply(e)
+		if e.Type == event.Callback {
+			b.sawCallback(e, k.S.CallbackFiled(), sum)
+		}
+		if ended != nil {
 			if err := out.transition(b.transition(ended, sum)); err != nil {
 				return sum, err
 			}
@@ -280,6 +314,22 @@ type builder struct {
 	// replaces by replacing patch, until its transition is reported.
 	replaces  map[string]*Replace
 	replacing string
+}
+
+// sawCallback lists a callback in the summary; state files it under its
+// transition (filed), which lists it too. A pre-patch callback that failed
+// an enable comes after the cancel (its error is klp_enable_patch's
+// return), once that transition is reported: the summary shows it.
+func (b *builder) sawCallback(e event.Event, filed bool, sum *Summary) {
+	if len(sum.Callbacks) < maxCallbacks {
+		sum.Callbacks = append(sum.Callbacks, b.callback(e.Patch, state.Callback{Kind: e.Callback, Object: e.Object,
+			Func: e.Func, Time: e.Time, Duration: e.Duration, Ret: e.Ret, Bracketed: e.Bracketed}, filed))
+	}
+}
+
+func (b *builder) callback(patch string, c state.Callback, filed bool) Callback {
+	return Callback{Time: b.time(c.Time), Patch: patch, Object: c.Object, Callback: c.Kind, Func: c.Func,
+		DurationNs: c.Duration, Bracketed: c.Bracketed, Ret: c.Ret, InTransition: filed}
 }
 
 func (b *builder) sawReplace(e event.Event) {
@@ -403,6 +453,9 @@ func (b *builder) transition(en *state.Ended, sum *Summary) *Transition {
 	if r := b.replaces[st.Patch]; r != nil {
 		t.Replace = r
 		delete(b.replaces, st.Patch)
+	}
+	for _, c := range st.Callbacks {
+		t.Callbacks = append(t.Callbacks, b.callback(st.Patch, c, true))
 	}
 	end := st.End
 	switch {

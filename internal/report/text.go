@@ -159,6 +159,13 @@ func (s *textSink) transition(t *Transition) error {
 		}
 		s.printf("%s\n", line)
 	}
+	if len(t.Callbacks) > 0 {
+		var cs []string
+		for _, c := range t.Callbacks {
+			cs = append(cs, callbackText(c))
+		}
+		s.printf("    callbacks  %s\n", strings.Join(cs, ", "))
+	}
 	if t.Stall {
 		s.blockers(t)
 	}
@@ -295,8 +302,44 @@ func (s *textSink) modules(sum *Summary) {
 	}
 }
 
+// callbackText: "pre_patch vmlinux 1.2ms", with what makes it notable.
+func callbackText(c Callback) string {
+	t := fmt.Sprintf("%s %s %s", c.Callback, c.Object, duration(c.DurationNs))
+	if c.Bracketed {
+		t += " (timed around it)"
+	}
+	if c.Ret != 0 {
+		t += fmt.Sprintf(" returned %d", c.Ret)
+	}
+	return t
+}
+
+// callbacks lists those that ran for no transition (a module load) and
+// those that failed: a failed enable's comes after its transition's lines.
+func (s *textSink) callbacks(sum *Summary) {
+	n := 0
+	for _, c := range sum.Callbacks {
+		if c.InTransition && c.Ret == 0 {
+			continue
+		}
+		s.printf("callback %s of %s at %s: %s (%s)\n", c.Func, c.Patch, offset(&c.Time), callbackText(c), failedOr(c))
+		n++
+	}
+	if n > 0 {
+		s.printf("\n")
+	}
+}
+
+func failedOr(c Callback) string {
+	if c.Ret != 0 {
+		return "the enable or module load failed"
+	}
+	return "module load or unload"
+}
+
 func (s *textSink) end(sum *Summary) error {
 	s.modules(sum)
+	s.callbacks(sum)
 	s.shadows(sum)
 	var parts []string
 	for _, o := range []string{"complete", "reversed", "cancelled", "forced", OutcomeUnfinished} {

@@ -63,6 +63,14 @@ type State struct {
 	// replacing: the patch of the last patch_replace, which the
 	// patch_replaced events after it name the victims of.
 	replacing string
+	// preUnpatch: pre-unpatch callbacks by patch, for the unpatching
+	// transition that follows them.
+	preUnpatch map[string][]Callback
+	// going: the module of the last module_going, whose unload runs the
+	// pre-unpatch callbacks of its objects with no transition.
+	going string
+	// callbackFiled: the last callback went under a transition.
+	callbackFiled bool
 }
 
 // Patch is one livepatch on the stack.
@@ -114,7 +122,22 @@ type Transition struct {
 	LastSweep         uint64
 	LastSweepDuration uint64
 	LastSweepPending  int
+	// Callbacks that ran for it: pre-unpatch ones just before an
+	// unpatching, the enable's pre-patch ones, the post ones at the end,
+	// and a pre-patch one whose failure cancelled it (reported after the
+	// cancel). At most maxCallbacks.
+	Callbacks []Callback
 }
+
+// Callback is one run of an object's callback (event.Callback).
+type Callback struct {
+	Kind, Object, Func string
+	Time, Duration     uint64
+	Ret                int32
+	Bracketed          bool
+}
+
+const maxCallbacks = 32
 
 // Task is one task's livepatch view.
 type Task struct {
@@ -311,6 +334,10 @@ func (s *State) Apply(e event.Event) {
 		s.Patches = slices.DeleteFunc(s.Patches, func(p *Patch) bool { return e.Patch != "" && p.ReplacedBy == e.Patch })
 	case event.PatchFree:
 		s.removePatch(e.Patch)
+	case event.Callback:
+		s.callbackFiled = s.callback(e)
+	case event.ModuleGoing:
+		s.going = e.Object
 	case event.Signal:
 		t := s.task(e)
 		t.Signals++
@@ -498,6 +525,11 @@ func (s *State) transitionInit(e event.Event) {
 	p.Enabled = tg == event.StatePatched
 	p.Replace = p.Replace || e.Replace
 	s.Transition = &Transition{Patch: e.Patch, Target: tg, Start: e.Time, Outcome: OutcomeRunning}
+	if tg == event.StateUnpatched {
+		s.Transition.Callbacks = s.preUnpatch[e.Patch]
+	}
+	delete(s.preUnpatch, e.Patch)
+	s.going = ""
 	// klp_init_transition sets every task to !target.
 	for _, t := range s.Tasks {
 		t.PatchState = 1 - tg
@@ -676,6 +708,40 @@ func (s *State) finish(e event.Event, cancelled bool) {
 	}
 	s.Transition = nil
 }
+
+// callback files a callback under the transition it ran for (see
+// Transition.Callbacks); one of a module load belongs to none.
+func (s *State) callback(e event.Event) bool {
+	c := Callback{Kind: e.Callback, Object: e.Object, Func: e.Func, Time: e.Time, Duration: e.Duration, Ret: e.Ret, Bracketed: e.Bracketed}
+	var tr *Transition
+	switch {
+	case s.Transition != nil && s.Transition.Patch == e.Patch:
+		tr = s.Transition
+	case e.Callback == event.CallbackPreUnpatch && s.Transition == nil && e.Object != s.going:
+		if s.preUnpatch == nil {
+			s.preUnpatch = map[string][]Callback{}
+		}
+		if len(s.preUnpatch) < 64 && len(s.preUnpatch[e.Patch]) < maxCallbacks {
+			s.preUnpatch[e.Patch] = append(s.preUnpatch[e.Patch], c)
+		}
+		return true
+	case e.Ret != 0 && s.Transition == nil:
+		if last := s.Last(); last != nil && last.Patch == e.Patch && last.Outcome == OutcomeCancelled {
+			tr = last
+		}
+	}
+	if tr == nil {
+		return false
+	}
+	if len(tr.Callbacks) < maxCallbacks {
+		tr.Callbacks = append(tr.Callbacks, c)
+	}
+	return true
+}
+
+// CallbackFiled reports whether the last callback event went under a
+// transition (Transition.Callbacks): false for a module load's.
+func (s *State) CallbackFiled() bool { return s.callbackFiled }
 
 // Last returns the most recent finished transition, or nil.
 func (s *State) Last() *Transition {

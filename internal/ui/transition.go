@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"charm.land/bubbles/v2/progress"
+	"charm.land/lipgloss/v2"
 
 	"github.com/klptop/klptop/internal/state"
 )
@@ -62,6 +63,9 @@ func (v transitionView) view(th Theme, s *state.State, now uint64, width int) st
 		if last.Reversed > 0 {
 			line += fmt.Sprintf(", reversed %d×", last.Reversed)
 		}
+		if cb := callbacksText(last.Callbacks); cb != "" && lipgloss.Width(line)+len(cb)+2 <= width {
+			line += "; " + cb
+		}
 		return title + "\n" + line
 	}
 
@@ -85,10 +89,38 @@ func (v transitionView) view(th Theme, s *state.State, now uint64, width int) st
 	bar := "  " + v.bar.ViewAs(pct) + fmt.Sprintf("  %d/%d tasks switched", tr.Switched, tr.Total)
 
 	sweep := "  " + sweepLine(tr, now, width)
+	if cb := callbacksText(tr.Callbacks); cb != "" && lipgloss.Width(sweep)+len(cb)+2 <= width {
+		sweep += "; " + cb
+	}
 	if v.noSweeps && tr.Sweeps == 0 {
 		sweep = "  " + th.Subtle.Render("sweeps not observable: polling patch_state; reasons derived from kernel stacks")
 	}
 	return strings.Join([]string{head, bar, sweep}, "\n")
+}
+
+// callbacksText: the callbacks that ran for a transition, short:
+// "callbacks pre_patch 302µs, post_patch 1ms" ("~" when timed around it,
+// "failed -19" for a failed one).
+func callbacksText(cbs []state.Callback) string {
+	if len(cbs) == 0 {
+		return ""
+	}
+	var parts []string
+	for _, c := range cbs {
+		p := c.Kind + " "
+		if c.Bracketed {
+			p += "~"
+		}
+		p += fmtDuration(time.Duration(min(c.Duration, 1<<62)))
+		if c.Ret != 0 {
+			p += fmt.Sprintf(" failed %d", c.Ret)
+		}
+		if c.Object != "vmlinux" {
+			p += " (" + c.Object + ")"
+		}
+		parts = append(parts, p)
+	}
+	return "callbacks " + strings.Join(parts, ", ")
 }
 
 // sweepLine: the kernel retries a sweep about every second, so the count

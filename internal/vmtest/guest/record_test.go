@@ -191,6 +191,9 @@ func TestProbePlanAgreesWithKernel(t *testing.T) {
 		t.Fatal("nothing attached")
 	}
 	for _, a := range rec.header.Attached {
+		if a == event.CallbacksPoint {
+			continue // the patches' own callbacks, probed as klptop sees them
+		}
 		sym := strings.TrimSuffix(a, "%return")
 		if !traceable[sym] {
 			t.Errorf("klptop attached %s, which available_filter_functions does not list", a)

@@ -1,0 +1,259 @@
+package probes
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/klptop/klptop/internal/event"
+)
+
+// The callback programs: attached by address to each callback function,
+// not through the probes table.
+const (
+	callbackProg     = "klp_callback"
+	callbackRetProg  = "klp_callback_ret"
+	callbacksIterPrg = "snapshot_callbacks"
+)
+
+// callbacksSeen is the internal event of an object's callback addresses.
+const callbacksSeen event.Type = "callbacks_seen"
+
+// CallbacksPoint is how the header's attached list names the callback probes.
+const CallbacksPoint = event.CallbacksPoint
+
+// callbackSite is one callback function klptop probes.
+type callbackSite struct {
+	kind, patch string
+	module      string    // where the function lives
+	closer      io.Closer // nil: the attach failed (why in err)
+	err         error
+}
+
+// callbacks is the Session's view of the patches' callbacks.
+type callbacks struct {
+	why   string // "" when callbacks are observable
+	mu    sync.Mutex
+	sites map[string]*callbackSite // by the kernel's name, "func [module]"
+}
+
+// forgetModule drops the callbacks of an unloading module: the kernel
+// removes kprobes on its text, and when it loads again its callbacks are
+// probed anew.
+func (s *Session) forgetModule(mod string) {
+	s.cb.mu.Lock()
+	defer s.cb.mu.Unlock()
+	for k, site := range s.cb.sites {
+		if site.module == mod {
+			if site.closer != nil {
+				site.closer.Close()
+			}
+			delete(s.cb.sites, k)
+		}
+	}
+}
+
+// learnCallbacks probes a patch's callback, as early as it can: the
+// callbacks that run before the probes are in place are missed (the
+// enable's pre-patch ones and the post-patch ones of a transition that
+// completes at once are bracketed by the kernel side instead).
+func (s *Session) learnCallbacks(raw rawEvent) {
+	if s.cb.why != "" || raw.sym == "" || raw.Callback == "" || strings.HasPrefix(raw.sym, "0x") {
+		return
+	}
+	s.cb.mu.Lock()
+	defer s.cb.mu.Unlock()
+	if s.cb.sites == nil {
+		s.cb.sites = make(map[string]*callbackSite)
+	}
+	if s.cb.sites[raw.sym] != nil {
+		return // one probe per function, whatever objects share it
+	}
+	name, mod, _ := strings.Cut(raw.sym, " [")
+	mod = strings.TrimSuffix(mod, "]")
+	site := &callbackSite{kind: raw.Callback, patch: raw.Patch, module: mod}
+	// By "module:func", as the kernel named it when it saw the patch: an
+	// address could by now be another module's (the events are read
+	// late), and a static function's name alone is ambiguous.
+	target := name
+	if mod != "" {
+		target = mod + ":" + name
+	}
+	site.closer, site.err = s.attachCallback(target)
+	// ENOENT: the module is gone already (a failed load): nothing more of
+	// it to see.
+	if site.err != nil && !errors.Is(site.err, unix.ENOENT) && s.warn != nil {
+		s.warn(fmt.Sprintf("cannot probe the %s callback %s: %v", site.kind, raw.sym, site.err))
+	}
+	s.cb.sites[raw.sym] = site
+}
+
+// attachCallback puts klp_callback and klp_callback_ret on a callback.
+func (s *Session) attachCallback(target string) (io.Closer, error) {
+	entry, err := perfKprobe(s.coll.Programs[callbackProg], target, false)
+	if err != nil {
+		return nil, err
+	}
+	ret, err := perfKprobe(s.coll.Programs[callbackRetProg], target, true)
+	if err != nil {
+		entry.Close()
+		return nil, err
+	}
+	return multiLink{entry, ret}, nil
+}
+
+// callbackEvent completes a callback's return: its kind (from the probe's
+// site, unless the kernel side bracketed it and said) and its patch (the
+// site's, else the callback's module). The kernel side named it.
+func (s *Session) callbackEvent(raw rawEvent) (event.Event, bool) {
+	e := raw.Event
+	s.cb.mu.Lock()
+	site := s.cb.sites[raw.sym]
+	s.cb.mu.Unlock()
+	if site != nil {
+		e.Patch = site.patch
+		if !raw.Bracketed || e.Callback == "" {
+			e.Callback = site.kind
+		}
+	}
+	if e.Callback == "" || e.Func == "" || strings.HasPrefix(e.Func, "0x") {
+		return e, false // unknown kind, or no symbol: traces carry names, never addresses
+	}
+	if e.Callback != event.CallbackPrePatch {
+		e.Ret = 0 // the others return void: rax is whatever was left in it
+	}
+	e.Target = 0
+	return e, true
+}
+
+// snapshotCallbacks runs the callbacks iterator once: it writes the
+// callbacks of every loaded patch into the ring buffer, where Read finds
+// them before any later event.
+func (s *Session) snapshotCallbacks() error {
+	prog := s.coll.Programs[callbacksIterPrg]
+	if prog == nil {
+		return nil
+	}
+	it, err := link.AttachIter(link.IterOptions{Program: prog})
+	if err != nil {
+		return fmt.Errorf("callbacks iterator: %w", err)
+	}
+	defer it.Close()
+	r, err := it.Open()
+	if err != nil {
+		return fmt.Errorf("callbacks iterator: %w", err)
+	}
+	defer r.Close()
+	_, err = io.ReadAll(r)
+	return err
+}
+
+// The kprobe PMU, for probes on "module:func".
+var kprobePMU struct {
+	typ    uint32
+	retBit uint64
+	err    error
+	read   bool
+}
+
+func readKprobePMU() error {
+	if kprobePMU.read {
+		return kprobePMU.err
+	}
+	kprobePMU.read = true
+	const dir = "/sys/bus/event_source/devices/kprobe/"
+	b, err := os.ReadFile(dir + "type")
+	if err != nil {
+		kprobePMU.err = fmt.Errorf("no kprobe PMU: %w", err)
+		return kprobePMU.err
+	}
+	t, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
+	if err != nil {
+		kprobePMU.err = fmt.Errorf("kprobe PMU type %q: %w", b, err)
+		return kprobePMU.err
+	}
+	kprobePMU.typ = uint32(t)
+	// "config:0": the bit of attr.config that makes it a kretprobe.
+	b, err = os.ReadFile(dir + "format/retprobe")
+	if err != nil {
+		kprobePMU.err = fmt.Errorf("kprobe PMU has no retprobe format: %w", err)
+		return kprobePMU.err
+	}
+	bit, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimSpace(string(b)), "config:"), 10, 6)
+	if err != nil {
+		kprobePMU.err = fmt.Errorf("kprobe PMU retprobe format %q: %w", b, err)
+		return kprobePMU.err
+	}
+	kprobePMU.retBit = 1 << bit
+	return nil
+}
+
+// perfFD is an attached perf event: closing it detaches the program.
+type perfFD int
+
+func (f perfFD) Close() error { return unix.Close(int(f)) }
+
+// perfKprobe attaches prog as a k(ret)probe on target ("module:func" or
+// "func") through perf_event_open: cilium/ebpf's link.Kprobe refuses the
+// module-qualified form the kernel's kallsyms lookup takes.
+func perfKprobe(prog *ebpf.Program, target string, ret bool) (io.Closer, error) {
+	if prog == nil {
+		return nil, errors.New("callback program not loaded")
+	}
+	if err := readKprobePMU(); err != nil {
+		return nil, err
+	}
+	name, err := unix.BytePtrFromString(target)
+	if err != nil {
+		return nil, err
+	}
+	attr := unix.PerfEventAttr{
+		Type:        kprobePMU.typ,
+		Size:        uint32(unsafe.Sizeof(unix.PerfEventAttr{})),
+		Sample_type: unix.PERF_SAMPLE_RAW,
+		Sample:      1,
+		Wakeup:      1,
+		Ext1:        uint64(uintptr(unsafe.Pointer(name))), // kprobe_func
+		Ext2:        0,                                     // probe_offset
+	}
+	if ret {
+		attr.Config = kprobePMU.retBit
+	}
+	fd, err := unix.PerfEventOpen(&attr, -1, 0, -1, unix.PERF_FLAG_FD_CLOEXEC)
+	runtime.KeepAlive(name)
+	if err != nil {
+		return nil, fmt.Errorf("perf_event_open kprobe on %s: %w", target, err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.PERF_EVENT_IOC_SET_BPF, prog.FD()); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("PERF_EVENT_IOC_SET_BPF: %w", err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.PERF_EVENT_IOC_ENABLE, 0); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("PERF_EVENT_IOC_ENABLE: %w", err)
+	}
+	return perfFD(fd), nil
+}
+
+// closeCallbacks detaches every callback probe.
+func (s *Session) closeCallbacks() error {
+	s.cb.mu.Lock()
+	defer s.cb.mu.Unlock()
+	var errs []error
+	for _, site := range s.cb.sites {
+		if site.closer != nil {
+			errs = append(errs, site.closer.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
