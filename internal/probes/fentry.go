@@ -28,6 +28,14 @@ const (
 	whyFentryLoad  = "fentry refused: %s"
 	whyFentryLink  = "fentry attach: %s"
 	whyFentryProbe = "fentry probe on %s: %w"
+	// An fexit trampoline calls the function, so its frame stays on the
+	// stack of every task inside it, and the kernel's reliable unwinder
+	// (what the transition's stack check uses) cannot walk through it:
+	// such a task would never switch. Seen: a stall scenario under fexit
+	// on 6.1 never completed, the sweeping kworker failing its own check
+	// as "unreliable stack" inside klp_try_complete_transition's fexit.
+	// A kretprobe's trampoline the unwinder does recover.
+	whyFexitStack = "fexit would leave a BPF trampoline frame on the stack of a task inside %s, which the transition's reliable stack check rejects: kretprobe instead"
 )
 
 // fentryTargets splits the planned probes between fentry and kprobes: a
@@ -35,7 +43,8 @@ const (
 // that function has BTF (what the kernel resolves an fentry target by).
 // Compiler clones (.isra, .constprop, .part) never have BTF, and a probe on
 // several clones would need one program per clone; both stay kprobes, with
-// the reason in fallback (program -> why).
+// the reason in fallback (program -> why). So do all return probes: the
+// backend is fentry for entries, kretprobes for returns (whyFexitStack).
 func fentryTargets(attach map[string][]string, inBTF func(string) bool) (targets, fallback map[string]string) {
 	targets = make(map[string]string)
 	fallback = make(map[string]string)
@@ -45,6 +54,8 @@ func fentryTargets(attach map[string][]string, inBTF func(string) bool) (targets
 			continue
 		}
 		switch {
+		case p.ret:
+			fallback[p.prog] = fmt.Sprintf(whyFexitStack, strings.Join(syms, ", "))
 		case len(syms) != 1:
 			fallback[p.prog] = fmt.Sprintf(whyManySyms, strings.Join(syms, ", "))
 		case syms[0] != p.symbol && strings.HasPrefix(syms[0], p.symbol+"."):

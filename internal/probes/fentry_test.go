@@ -58,9 +58,8 @@ func TestFentryTargets(t *testing.T) {
 	inBTF := func(fn string) bool { return fn != "wake_up_state" && !strings.Contains(fn, ".") }
 	targets, fallback := fentryTargets(attach, inBTF)
 	wantTargets := map[string]string{
-		"klp_enable_patch":              "klp_enable_patch",
-		"klp_check_and_switch_task":     "klp_check_and_switch_task",
-		"klp_check_and_switch_task_ret": "klp_check_and_switch_task",
+		"klp_enable_patch":          "klp_enable_patch",
+		"klp_check_and_switch_task": "klp_check_and_switch_task",
 	}
 	if len(targets) != len(wantTargets) {
 		t.Errorf("targets %v, want %v", targets, wantTargets)
@@ -72,9 +71,10 @@ func TestFentryTargets(t *testing.T) {
 	}
 	for prog, want := range map[string]string{
 		"klp_start_transition":               "compiler clone klp_start_transition.part.0",
-		"funcs_changed_klp_start_transition": "compiler clone klp_start_transition.part.0",
+		"funcs_changed_klp_start_transition": "reliable stack check",
 		"klp_cancel_transition":              "one function",
 		"klp_signal":                         "wake_up_state not in the kernel BTF",
+		"klp_check_and_switch_task_ret":      "reliable stack check",
 	} {
 		if !strings.Contains(fallback[prog], want) {
 			t.Errorf("%s: fallback %q, want it to say %q", prog, fallback[prog], want)

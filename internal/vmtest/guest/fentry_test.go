@@ -115,14 +115,30 @@ func TestFentryBackend(t *testing.T) {
 				t.Errorf("fallback %s is not among the attached points", f.Symbol)
 			}
 		}
-		// The fallback is per probe: most must have gone on as fentry,
-		// or the backend is fentry in name only.
-		if len(fe.header.Fallback)*2 > len(fe.header.Attached) {
-			t.Errorf("%d of %d points fell back to kprobes", len(fe.header.Fallback), len(fe.header.Attached))
-		}
-		// A compiler clone has no BTF: it can only be a kprobe.
+		// The fallback is per probe: most entry points must have gone
+		// on as fentry, or the backend is fentry in name only. Every
+		// return probe is a kretprobe (an fexit frame would make the
+		// stacks the transition checks unreliable).
+		entries, entryFallbacks := 0, 0
 		for _, a := range fe.header.Attached {
-			if strings.Contains(strings.TrimSuffix(a, "%return"), ".") && !slices.ContainsFunc(fe.header.Fallback, func(f trace.Missing) bool { return f.Symbol == a }) {
+			if a == event.CallbacksPoint || strings.HasSuffix(a, "%return") {
+				continue
+			}
+			entries++
+			if slices.ContainsFunc(fe.header.Fallback, func(f trace.Missing) bool { return f.Symbol == a }) {
+				entryFallbacks++
+			}
+		}
+		if entryFallbacks*2 > entries {
+			t.Errorf("%d of %d entry points fell back to kprobes", entryFallbacks, entries)
+		}
+		for _, a := range fe.header.Attached {
+			fell := slices.ContainsFunc(fe.header.Fallback, func(f trace.Missing) bool { return f.Symbol == a })
+			if strings.HasSuffix(a, "%return") && !fell {
+				t.Errorf("return probe %s attached, but not listed as a kretprobe fallback", a)
+			}
+			// A compiler clone has no BTF: it can only be a kprobe.
+			if a != event.CallbacksPoint && strings.Contains(strings.TrimSuffix(a, "%return"), ".") && !fell {
 				t.Errorf("clone %s attached, but not listed as a kprobe fallback", a)
 			}
 		}
