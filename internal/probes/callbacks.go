@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -36,7 +37,9 @@ const CallbacksPoint = event.CallbacksPoint
 type callbackSite struct {
 	kind, patch string
 	module      string    // where the function lives
-	closer      io.Closer // nil: the attach failed (why in err)
+	target      string    // what the kprobe goes on: "module:func"
+	pending     bool      // waiting for its module to be live
+	closer      io.Closer // nil: not attached (why in err, unless pending)
 	err         error
 }
 
@@ -81,21 +84,68 @@ func (s *Session) learnCallbacks(raw rawEvent) {
 	}
 	name, mod, _ := strings.Cut(raw.sym, " [")
 	mod = strings.TrimSuffix(mod, "]")
-	site := &callbackSite{kind: raw.Callback, patch: raw.Patch, module: mod}
+	site := &callbackSite{kind: raw.Callback, patch: raw.Patch, module: mod, target: name}
 	// By "module:func", as the kernel named it when it saw the patch: an
 	// address could by now be another module's (the events are read
 	// late), and a static function's name alone is ambiguous.
-	target := name
 	if mod != "" {
-		target = mod + ":" + name
-	}
-	site.closer, site.err = s.attachCallback(target)
-	// ENOENT: the module is gone already (a failed load): nothing more of
-	// it to see.
-	if site.err != nil && !errors.Is(site.err, unix.ENOENT) && s.warn != nil {
-		s.warn(fmt.Sprintf("cannot probe the %s callback %s: %v", site.kind, raw.sym, site.err))
+		site.target = mod + ":" + name
 	}
 	s.cb.sites[raw.sym] = site
+	s.placeLocked(raw.sym, site)
+}
+
+// placeLocked attaches a site's probes once its module is live. While the
+// module is still coming (its init enables the patch) the site waits: a
+// load that fails takes the module down again, and the kernel answers a
+// probe on a module it is tearing down with "trace_kprobe: Could not probe
+// notrace function module:func" in its log, which the livepatch selftests
+// compare. A module gone already leaves nothing to probe.
+func (s *Session) placeLocked(sym string, site *callbackSite) {
+	site.pending = false
+	if site.module != "" {
+		switch state := moduleState(s.root, site.module); state {
+		case "live":
+		case "coming":
+			site.pending = true
+			return
+		default:
+			site.err = fmt.Errorf("module %s is %s", site.module, orGone(state))
+			return
+		}
+	}
+	site.closer, site.err = s.attachCallback(site.target)
+	if site.err != nil && !errors.Is(site.err, unix.ENOENT) && s.warn != nil {
+		s.warn(fmt.Sprintf("cannot probe the %s callback %s: %v", site.kind, sym, site.err))
+	}
+}
+
+// placePending attaches the sites whose module has come live since.
+func (s *Session) placePending() {
+	s.cb.mu.Lock()
+	defer s.cb.mu.Unlock()
+	for sym, site := range s.cb.sites {
+		if site.pending {
+			s.placeLocked(sym, site)
+		}
+	}
+}
+
+// moduleState is /sys/module/MOD/initstate: "live", "coming", "going", or
+// "" when there is no such module.
+func moduleState(root, mod string) string {
+	b, err := os.ReadFile(filepath.Join(root, "sys/module", mod, "initstate"))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func orGone(state string) string {
+	if state == "" {
+		return "gone"
+	}
+	return state
 }
 
 // attachCallback puts klp_callback and klp_callback_ret on a callback.

@@ -3,6 +3,7 @@ package probes
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -387,5 +388,28 @@ func TestDecodeCallback(t *testing.T) {
 	raw, _ = decodeEvent(b)
 	if _, ok := s.callbackEvent(raw); ok {
 		t.Error("a callback the kernel could not name was kept")
+	}
+}
+
+// A callback of a module still coming waits for it to be live; one of a
+// module already gone is never probed (the kernel would log the refusal).
+func TestCallbackWaitsForLiveModule(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "sys/module/test_klp_callbacks_demo")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "initstate"), []byte("coming\n"), 0o644)
+	s := &Session{root: root}
+	s.cb.sites = map[string]*callbackSite{}
+	site := &callbackSite{kind: event.CallbackPostPatch, module: "test_klp_callbacks_demo", target: "test_klp_callbacks_demo:post_patch_callback"}
+	s.placeLocked("post_patch_callback [test_klp_callbacks_demo]", site)
+	if !site.pending || site.closer != nil || site.err != nil {
+		t.Errorf("coming module: %+v, want pending", site)
+	}
+	gone := &callbackSite{kind: event.CallbackPrePatch, module: "test_klp_callbacks_gone", target: "test_klp_callbacks_gone:pre_patch_callback"}
+	s.placeLocked("pre_patch_callback [test_klp_callbacks_gone]", gone)
+	if gone.pending || gone.closer != nil || gone.err == nil || !strings.Contains(gone.err.Error(), "gone") {
+		t.Errorf("gone module: %+v, want an error and no probe", gone)
 	}
 }
