@@ -128,7 +128,7 @@ func (s *Session) finish(raw rawEvent) event.Event {
 
 func (s *Session) reportLost(fn func(event.Event)) {
 	s.lostChecked = time.Now()
-	s.placePending() // same tick: callbacks of patch modules that came live
+	s.placePending()   // same tick: callbacks of patch modules that came live
 	s.reportShadow(fn) // same tick: shadow variable counts that changed
 	var perCPU []uint64
 	if err := s.coll.Maps["lost"].Lookup(uint32(0), &perCPU); err != nil {
