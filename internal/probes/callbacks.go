@@ -46,6 +46,7 @@ type callbackSite struct {
 // callbacks is the Session's view of the patches' callbacks.
 type callbacks struct {
 	why   string // "" when callbacks are observable
+	pins  bool   // probing a module pins it here: bracketed callbacks only
 	mu    sync.Mutex
 	sites map[string]*callbackSite // by the kernel's name, "func [module]"
 }
@@ -114,10 +115,43 @@ func (s *Session) placeLocked(sym string, site *callbackSite) {
 			return
 		}
 	}
+	if s.cb.pins {
+		site.err = errPins
+		return
+	}
+	before := moduleRefs(s.root, site.module)
 	site.closer, site.err = s.attachCallback(site.target)
+	if site.err == nil && site.module != "" && before >= 0 && moduleRefs(s.root, site.module) > before {
+		// This kernel holds the module while a kprobe is on it: the
+		// patch module could not be unloaded after its unpatching.
+		// Off at once; from now on only the bracketed callbacks.
+		site.closer.Close()
+		site.closer, site.err = nil, errPins
+		s.cb.pins = true
+		if s.warn != nil {
+			s.warn("callbacks: " + errPins.Error())
+		}
+		return
+	}
 	if site.err != nil && !errors.Is(site.err, unix.ENOENT) && s.warn != nil {
 		s.warn(fmt.Sprintf("cannot probe the %s callback %s: %v", site.kind, sym, site.err))
 	}
+}
+
+// errPins: on this kernel a kprobe on a module takes a reference to it.
+var errPins = errors.New("a kprobe on a patch module holds the module here (it could not be unloaded): only the callbacks klptop brackets from the kernel's own steps are seen (the enable's pre-patch, the post ones at a completion)")
+
+// moduleRefs is /sys/module/MOD/refcnt, -1 when unknown.
+func moduleRefs(root, mod string) int {
+	b, err := os.ReadFile(filepath.Join(root, "sys/module", mod, "refcnt"))
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // placePending attaches the sites whose module has come live since.

@@ -4,7 +4,9 @@ package guest
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -42,9 +44,18 @@ if modprobe test_klp_callbacks_demo pre_patch_ret=-19; then echo "enable did not
 	// The kernel's word: test_klp_callbacks_demo logs "<callback>: <object>"
 	// and the state of the module (ignored here).
 	re := regexp.MustCompile(`^test_klp_callbacks_demo: (pre_patch|post_patch|pre_unpatch|post_unpatch)_callback: (\S+)`)
+	// Where a kprobe on a module holds it (7.x), klptop takes its probes
+	// off the callbacks and says so: then only the bracketed ones, the
+	// enable's pre-patch and the post ones of a completion, are seen.
+	logText, _ := os.ReadFile(strings.TrimSuffix(rec.path, filepath.Ext(rec.path)) + ".log")
+	pins := strings.Contains(string(logText), "a kprobe on a patch module holds the module here")
+	t.Logf("probing a module pins it here: %v", pins)
 	var want []string
 	for _, m := range readKmsg(t, mark) {
 		if s := re.FindStringSubmatch(m.msg); s != nil {
+			if pins && (s[2] != "vmlinux" || s[1] == "pre_unpatch") {
+				continue
+			}
 			want = append(want, s[1]+"/"+s[2])
 		}
 	}
@@ -58,8 +69,8 @@ if modprobe test_klp_callbacks_demo pre_patch_ret=-19; then echo "enable did not
 	}
 	t.Logf("kernel log: %v", want)
 	t.Logf("trace:      %v", got)
-	if len(want) < 8 {
-		t.Fatalf("the kernel logged %d callbacks, want at least 8: %v", len(want), want)
+	if len(want) < 8 && !pins || len(want) < 4 {
+		t.Fatalf("the kernel logged %d callbacks (pinning %v): %v", len(want), pins, want)
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("callbacks in the trace %v, kernel log %v", got, want)
@@ -95,6 +106,12 @@ if modprobe test_klp_callbacks_demo pre_patch_ret=-19; then echo "enable did not
 	// The module's and the unpatching's were probed on the callbacks
 	// themselves (klptop had seen the patch for seconds).
 	for _, e := range cbs {
+		if pins {
+			if !e.Bracketed {
+				t.Errorf("%s/%s probed on a kernel where klptop said it would not probe", e.Callback, e.Object)
+			}
+			continue
+		}
 		if e.Object == "test_klp_callbacks_mod" || e.Callback == event.CallbackPostUnpatch || e.Callback == event.CallbackPreUnpatch {
 			if e.Bracketed {
 				t.Errorf("%s/%s bracketed, want probed", e.Callback, e.Object)
@@ -103,12 +120,11 @@ if modprobe test_klp_callbacks_demo pre_patch_ret=-19; then echo "enable did not
 	}
 	// The report tells them apart.
 	out, _ := exec.Command(klptopBin, "report", rec.path).CombinedOutput()
-	for _, line := range []string{
-		"    callbacks  pre_patch vmlinux ",
-		"    callbacks  pre_unpatch vmlinux ",
-		"returned -19 (the enable or module load failed)",
-		"(module load or unload)",
-	} {
+	lines := []string{"    callbacks  pre_patch vmlinux ", "returned -19 (the enable or module load failed)"}
+	if !pins {
+		lines = append(lines, "    callbacks  pre_unpatch vmlinux ", "(module load or unload)")
+	}
+	for _, line := range lines {
 		if !strings.Contains(string(out), line) {
 			t.Errorf("report lacks %q:\n%s", line, out)
 		}
