@@ -41,11 +41,24 @@ func notes(info probes.Info) []string {
 		n = append(n, "not observable here: "+strings.Join(m, ", "))
 	}
 	if len(info.Fallback) > 0 {
-		var m []string
+		// One reason, many points (every return probe): the reason once.
+		var order []string
+		by := map[string][]string{}
 		for _, x := range info.Fallback {
-			m = append(m, x.Symbol+" ("+x.Why+")")
+			why := x.Why
+			if strings.HasPrefix(why, "fexit would leave") {
+				why = "fexit would leave a BPF trampoline frame on the stacks the transition checks"
+			}
+			if by[why] == nil {
+				order = append(order, why)
+			}
+			by[why] = append(by[why], x.Symbol)
 		}
-		n = append(n, "kprobes instead of fentry: "+strings.Join(m, ", "))
+		var m []string
+		for _, why := range order {
+			m = append(m, strings.Join(by[why], ", ")+" ("+why+")")
+		}
+		n = append(n, "kprobes instead of fentry: "+strings.Join(m, "; "))
 	}
 	if info.FuncsWhy != "" {
 		n = append(n, "function stacks not observable here: "+info.FuncsWhy)
