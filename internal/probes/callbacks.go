@@ -119,6 +119,16 @@ func (s *Session) placeLocked(sym string, site *callbackSite) {
 		site.err = errPins
 		return
 	}
+	// A patch already freed (the events are read late) lets its module
+	// go: a probe being placed then holds the module for a moment, and an
+	// rmmod at that moment fails "in use" (seen in the selftests on 7.x).
+	// While the patch is registered, the kernel holds its module anyway.
+	if site.patch != "" {
+		if _, err := os.Stat(filepath.Join(s.root, "sys/kernel/livepatch", site.patch)); err != nil {
+			site.err = fmt.Errorf("patch %s is gone", site.patch)
+			return
+		}
+	}
 	before := moduleRefs(s.root, site.module)
 	site.closer, site.err = s.attachCallback(site.target)
 	if site.err == nil && site.module != "" && before >= 0 && moduleRefs(s.root, site.module) > before {

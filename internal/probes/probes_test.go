@@ -400,12 +400,20 @@ func TestCallbackWaitsForLiveModule(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(dir, "initstate"), []byte("coming\n"), 0o644)
+	os.MkdirAll(filepath.Join(root, "sys/kernel/livepatch/test_klp_callbacks_demo"), 0o755)
 	s := &Session{root: root}
 	s.cb.sites = map[string]*callbackSite{}
-	site := &callbackSite{kind: event.CallbackPostPatch, module: "test_klp_callbacks_demo", target: "test_klp_callbacks_demo:post_patch_callback"}
+	site := &callbackSite{kind: event.CallbackPostPatch, patch: "test_klp_callbacks_demo", module: "test_klp_callbacks_demo", target: "test_klp_callbacks_demo:post_patch_callback"}
 	s.placeLocked("post_patch_callback [test_klp_callbacks_demo]", site)
 	if !site.pending || site.closer != nil || site.err != nil {
 		t.Errorf("coming module: %+v, want pending", site)
+	}
+	// Live, but its patch already freed: not probed either.
+	os.WriteFile(filepath.Join(dir, "initstate"), []byte("live\n"), 0o644)
+	freed := &callbackSite{kind: event.CallbackPrePatch, patch: "test_klp_callbacks_freed", module: "test_klp_callbacks_demo", target: "test_klp_callbacks_demo:pre_patch_callback"}
+	s.placeLocked("pre_patch_callback [test_klp_callbacks_demo]", freed)
+	if freed.closer != nil || freed.err == nil || !strings.Contains(freed.err.Error(), "gone") {
+		t.Errorf("freed patch: %+v, want an error and no probe", freed)
 	}
 	gone := &callbackSite{kind: event.CallbackPrePatch, module: "test_klp_callbacks_gone", target: "test_klp_callbacks_gone:pre_patch_callback"}
 	s.placeLocked("pre_patch_callback [test_klp_callbacks_gone]", gone)
