@@ -9,12 +9,13 @@
  * klp_ftrace_handler and the callback lookups are deliberately absent: they run
  * on hot paths (every call of a patched function, kallsyms walks).
  *
- * Every probe's logic is one static __always_inline body with two entry
- * points: a kprobe/kretprobe program and an fentry/fexit twin of the same
- * name with an "fentry_"/"fexit_" prefix. User space loads one of the two per
- * probe (fentry where the function has BTF and the kernel accepts it), so
- * both must behave alike: the fexit twins read the entry's arguments from
- * the same stash maps as the kretprobes, not from their own context.
+ * Every entry probe's logic is one static __always_inline body with two
+ * entry points: a kprobe program and an fentry twin of the same name with an
+ * "fentry_" prefix. User space loads one of the two per probe (fentry where
+ * the function has BTF and the kernel accepts it). Return probes are
+ * kretprobes only: an fexit trampoline keeps its frame on the stack of every
+ * task inside the function, and the transition's reliable stack check
+ * rejects such a stack (internal/probes/fentry.go).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -165,14 +166,6 @@ static __always_inline int emit_simple(__u32 type)
 	return 0;
 }
 
-/* The return value of the function under an fexit program. */
-static __always_inline __u64 fexit_ret(void *ctx)
-{
-	__u64 ret = 0;
-	bpf_get_func_ret(ctx, &ret);
-	return ret;
-}
-
 /* Bound of a patch's klp_state array (klp_for_each_state stops at id 0). */
 #define MAX_STATES 16
 
@@ -278,12 +271,6 @@ int BPF_KRETPROBE(klp_complete_transition)
 	return emit_simple(EV_TRANSITION_COMPLETE);
 }
 
-SEC("fexit/klp_complete_transition")
-int BPF_PROG(fexit_klp_complete_transition)
-{
-	return emit_simple(EV_TRANSITION_COMPLETE);
-}
-
 static __always_inline int reverse_transition(void)
 {
 	/* The kernel flips klp_target_state inside; report the new target. */
@@ -368,12 +355,6 @@ static __always_inline int sweep_end(void)
 
 SEC("kretprobe/klp_try_complete_transition")
 int BPF_KRETPROBE(klp_try_complete_transition_ret)
-{
-	return sweep_end();
-}
-
-SEC("fexit/klp_try_complete_transition")
-int BPF_PROG(fexit_klp_try_complete_transition_ret)
 {
 	return sweep_end();
 }
@@ -477,12 +458,6 @@ int BPF_KRETPROBE(klp_check_and_switch_task_ret, long rc)
 	return check_return(rc);
 }
 
-SEC("fexit/klp_check_and_switch_task")
-int BPF_PROG(fexit_klp_check_and_switch_task_ret)
-{
-	return check_return((long)fexit_ret(ctx));
-}
-
 /*
  * __klp_sched_try_switch(): a task checking itself from cond_resched()
  * (6.4-6.15) or __schedule() (6.16+). Only while its patch is pending does
@@ -518,12 +493,6 @@ int BPF_PROG(fentry_klp_sched_try_switch)
 
 SEC("kretprobe/__klp_sched_try_switch")
 int BPF_KRETPROBE(klp_sched_try_switch_ret)
-{
-	return sched_try_return();
-}
-
-SEC("fexit/__klp_sched_try_switch")
-int BPF_PROG(fexit_klp_sched_try_switch_ret)
 {
 	return sched_try_return();
 }
@@ -618,12 +587,6 @@ int BPF_KRETPROBE(klp_update_patch_state_ret)
 	return update_return();
 }
 
-SEC("fexit/klp_update_patch_state")
-int BPF_PROG(fexit_klp_update_patch_state_ret)
-{
-	return update_return();
-}
-
 /*
  * Called on every fork, transition or not: report only forks during a
  * transition, where the child inherits a state other than idle.
@@ -709,11 +672,6 @@ int snapshot_tasks(struct bpf_iter__task *ctx)
 #define FUNCS_CHANGED(fn)                                 \
 	SEC("kretprobe/" #fn)                             \
 	int BPF_KRETPROBE(funcs_changed_##fn)             \
-	{                                                 \
-		return emit_simple(EV_FUNCS_CHANGED);     \
-	}                                                 \
-	SEC("fexit/" #fn)                                 \
-	int BPF_PROG(fexit_funcs_changed_##fn)            \
 	{                                                 \
 		return emit_simple(EV_FUNCS_CHANGED);     \
 	}
@@ -1200,12 +1158,6 @@ int BPF_KRETPROBE(shadow_alloc_ret, void *ret)
 	return shadow_alloc_return(ret);
 }
 
-SEC("fexit/klp_shadow_alloc")
-int BPF_PROG(fexit_shadow_alloc_ret)
-{
-	return shadow_alloc_return((void *)fexit_ret(ctx));
-}
-
 SEC("kprobe/klp_shadow_get_or_alloc")
 int BPF_KPROBE(shadow_get_or_alloc, void *obj, unsigned long id)
 {
@@ -1239,12 +1191,6 @@ SEC("kretprobe/klp_shadow_get_or_alloc")
 int BPF_KRETPROBE(shadow_get_or_alloc_ret, void *ret)
 {
 	return shadow_get_or_alloc_return(ret);
-}
-
-SEC("fexit/klp_shadow_get_or_alloc")
-int BPF_PROG(fexit_shadow_get_or_alloc_ret)
-{
-	return shadow_get_or_alloc_return((void *)fexit_ret(ctx));
 }
 
 static __always_inline int shadow_free_body(void *obj, unsigned long id)
@@ -1735,12 +1681,6 @@ int BPF_KRETPROBE(cb_bracket_open)
 	return cb_bracket_open_body();
 }
 
-SEC("fexit/klp_init_transition")
-int BPF_PROG(fexit_cb_bracket_open)
-{
-	return cb_bracket_open_body();
-}
-
 static __always_inline int cb_bracket_close_body(struct klp_object *obj)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -1789,12 +1729,6 @@ SEC("kretprobe/klp_patch_object")
 int BPF_KRETPROBE(cb_bracket_reopen, long rc)
 {
 	return cb_bracket_reopen_body(rc);
-}
-
-SEC("fexit/klp_patch_object")
-int BPF_PROG(fexit_cb_bracket_reopen)
-{
-	return cb_bracket_reopen_body((long)fexit_ret(ctx));
 }
 
 static __always_inline int cb_bracket_done_body(void)
@@ -1890,12 +1824,6 @@ SEC("kretprobe/klp_enable_patch")
 int BPF_KRETPROBE(cb_bracket_ret, long rc)
 {
 	return cb_bracket_ret_body(rc);
-}
-
-SEC("fexit/klp_enable_patch")
-int BPF_PROG(fexit_cb_bracket_ret)
-{
-	return cb_bracket_ret_body((long)fexit_ret(ctx));
 }
 
 static __always_inline int cb_complete_entry_body(void)
@@ -1999,8 +1927,3 @@ int BPF_KRETPROBE(cb_complete_ret)
 	return cb_complete_ret_body();
 }
 
-SEC("fexit/klp_complete_transition")
-int BPF_PROG(fexit_cb_complete_ret)
-{
-	return cb_complete_ret_body();
-}

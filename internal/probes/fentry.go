@@ -11,11 +11,12 @@ import (
 	"github.com/cilium/ebpf/link"
 )
 
-// twin is the fentry/fexit program with the same body as p's kprobe one
-// (bpf/klptop.bpf.c names them so).
+// twin is the fentry program with the same body as p's kprobe one
+// (bpf/klptop.bpf.c names them so); "" for a return probe, which has none
+// (whyFexitStack).
 func twin(p probe) string {
 	if p.ret {
-		return "fexit_" + p.prog
+		return ""
 	}
 	return "fentry_" + p.prog
 }
@@ -39,7 +40,7 @@ const (
 )
 
 // fentryTargets splits the planned probes between fentry and kprobes: a
-// probe gets its fentry/fexit twin when it goes on exactly one function and
+// probe gets its fentry twin when it goes on exactly one function and
 // that function has BTF (what the kernel resolves an fentry target by).
 // Compiler clones (.isra, .constprop, .part) never have BTF, and a probe on
 // several clones would need one program per clone; both stay kprobes, with
@@ -154,10 +155,10 @@ func probeTarget(attach map[string][]string, inBTF func(string) bool) string {
 	return ""
 }
 
-// twinOf finds the probe whose fentry/fexit twin is the named program.
+// twinOf finds the probe whose fentry twin is the named program.
 func twinOf(prog string) (probe, bool) {
 	for _, p := range probes {
-		if twin(p) == prog {
+		if tw := twin(p); tw != "" && tw == prog {
 			return p, true
 		}
 	}
