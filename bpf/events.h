@@ -102,6 +102,9 @@ struct task_rec {
 	__s32 patch_state;
 	__u32 stack_len;
 	char comm[KLPTOP_COMM_LEN];
+	/* On a CPU or runnable when read: its stack is no place it sleeps in. */
+	__u32 running;
+	__u32 pad;
 };
 
 /*

@@ -131,6 +131,22 @@ static __always_inline int task_patch_state(struct task_struct *t)
 	return BPF_CORE_READ(t, patch_state);
 }
 
+/*
+ * On a CPU (the kernel's klp_check_and_switch_task says -EBUSY: its saved
+ * stack is stale) or runnable (TASK_RUNNING: about to move off any frame).
+ */
+static __always_inline __u32 task_running(struct task_struct *t)
+{
+	if (bpf_core_field_exists(t->on_cpu) && BPF_CORE_READ(t, on_cpu))
+		return 1;
+	if (bpf_core_field_exists(t->__state))
+		return BPF_CORE_READ(t, __state) == 0;
+	struct task_struct___state *o = (void *)t;
+	if (bpf_core_field_exists(o->state))
+		return BPF_CORE_READ(o, state) == 0;
+	return 0;
+}
+
 static __always_inline struct event *reserve(__u32 type)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -651,10 +667,20 @@ int snapshot_tasks(struct bpf_iter__task *ctx)
 	o->rec.tgid = BPF_CORE_READ(task, tgid);
 	BPF_CORE_READ_STR_INTO(&o->rec.comm, task, comm);
 	o->rec.patch_state = task_patch_state(task);
+	o->rec.running = task_running(task);
 	/* Stacks only matter while a transition waits for tasks. */
 	long n = 0;
-	if (o->rec.patch_state >= 0)
+	if (o->rec.patch_state >= 0) {
+		/*
+		 * Unlike the kernel's check, nothing here keeps the task off a
+		 * CPU while its stack is walked: a read it ran during is no
+		 * place where it sleeps, and counts as running.
+		 */
+		__u64 csw = BPF_CORE_READ(task, nvcsw) + BPF_CORE_READ(task, nivcsw);
 		n = bpf_get_task_stack(task, o->stack, sizeof(o->stack), 0);
+		if (task_running(task) || csw != BPF_CORE_READ(task, nvcsw) + BPF_CORE_READ(task, nivcsw))
+			o->rec.running = 1;
+	}
 	if (n < 0 || n > sizeof(o->stack))
 		n = 0;
 	o->rec.stack_len = n / sizeof(__u64);

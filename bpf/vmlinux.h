@@ -52,6 +52,14 @@ struct task_struct {
 	pid_t tgid;
 	char comm[16];
 	int patch_state; /* CONFIG_LIVEPATCH only: guard with bpf_core_field_exists */
+	unsigned int __state; /* 5.14+; before, "long state" (task_struct___state) */
+	int on_cpu; /* CONFIG_SMP only */
+	unsigned long nvcsw; /* context switches: a change means it ran */
+	unsigned long nivcsw;
+} __attribute__((preserve_access_index));
+
+struct task_struct___state {
+	long state;
 } __attribute__((preserve_access_index));
 
 enum module_state {

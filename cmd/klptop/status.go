@@ -4,6 +4,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"time"
+
+	"github.com/klptop/klptop/internal/event"
 
 	"github.com/klptop/klptop/internal/probes"
 	"github.com/klptop/klptop/internal/state"
@@ -12,7 +15,8 @@ import (
 
 // runStatus prints the picture once. It loads only the BPF iterators and
 // attaches no probe: quick, and nothing to perturb; pending tasks' reasons
-// therefore come from their stacks (see internal/status).
+// therefore come from their stacks (see internal/status), read again for a
+// task caught running or without a stack.
 func runStatus(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -42,6 +46,14 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		st.Apply(e)
 	}
 	s := status.Build(st, sess.Info().Kernel, sess.FuncStacksWhy())
+	if s.Transition != nil {
+		target := s.Transition.Target
+		err := s.Settle(func() ([]event.Event, error) { return sess.TaskSnapshots(target) },
+			10*time.Millisecond, 50*time.Millisecond, 200*time.Millisecond)
+		if err != nil {
+			return fmt.Errorf("status: %w", err)
+		}
+	}
 	if *asJSON {
 		return s.JSON(stdout)
 	}

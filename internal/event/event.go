@@ -242,6 +242,9 @@ type Event struct {
 	// TaskSwitch / TaskSnapshot: the state reached or read, and how.
 	PatchState int    `json:"patch_state"`
 	Path       string `json:"path,omitempty"`
+	// TaskSnapshot: the task was on a CPU or runnable when read, so its
+	// stack shows no place where it sleeps.
+	Running bool `json:"running,omitempty"`
 
 	// SweepEnd.
 	Duration uint64 `json:"duration_ns,omitempty"`

@@ -22,7 +22,8 @@ const (
 	offID       = offFunc + funcLen
 	offVersion  = offID + 8
 	eventSize   = offVersion + 8
-	taskRecSize = 16 + commLen
+	offRunning  = 16 + commLen
+	taskRecSize = offRunning + 8
 )
 
 // enum klptop_event_type
@@ -157,6 +158,7 @@ type taskRec struct {
 	pid, tgid  int
 	patchState int
 	comm       string
+	running    bool
 	stack      []uint64
 }
 
@@ -172,6 +174,7 @@ func decodeTasks(b []byte) ([]taskRec, error) {
 			tgid:       int(le.Uint32(b[4:])),
 			patchState: int(int32(le.Uint32(b[8:]))),
 			comm:       cstr(b[16 : 16+commLen]),
+			running:    le.Uint32(b[offRunning:]) != 0,
 		}
 		n := int(le.Uint32(b[12:]))
 		b = b[taskRecSize:]

@@ -110,6 +110,8 @@ type klptopTaskOut struct {
 		PatchState int32
 		StackLen   uint32
 		Comm       [16]int8
+		Running    uint32
+		Pad        uint32
 	}
 	Stack [32]uint64
 }

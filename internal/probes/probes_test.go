@@ -208,7 +208,7 @@ func TestEventLayout(t *testing.T) {
 		}
 	}
 	size, off = offsets("task_rec")
-	if size != taskRecSize || off["comm"] != 16 || off["stack_len"] != 12 || off["patch_state"] != 8 {
+	if size != taskRecSize || off["comm"] != 16 || off["stack_len"] != 12 || off["patch_state"] != 8 || off["running"] != offRunning {
 		t.Errorf("task_rec: size %d, %v", size, off)
 	}
 	size, off = offsets("func_rec")

@@ -81,7 +81,7 @@ func snapshotTasks(prog *ebpf.Program, now uint64, target int, syms *ksym.Table)
 	for _, r := range recs {
 		e := event.Event{
 			Time: now, Type: event.TaskSnapshot, PID: r.pid, TGID: r.tgid,
-			Comm: r.comm, PatchState: r.patchState, Target: target,
+			Comm: r.comm, PatchState: r.patchState, Target: target, Running: r.running,
 		}
 		// The iterator sends stacks during any transition; a task already
 		// at the target does not hold it up.
@@ -93,4 +93,10 @@ func snapshotTasks(prog *ebpf.Program, now uint64, target int, syms *ksym.Table)
 		out = append(out, e)
 	}
 	return out, nil
+}
+
+// TaskSnapshots reads every task's patch_state again, with the stacks of
+// those not at target: one pass of the task iterator.
+func (s *Session) TaskSnapshots(target int) ([]event.Event, error) {
+	return snapshotTasks(s.coll.Programs[iterProg], monotonicNow(), target, s.syms)
 }

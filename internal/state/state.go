@@ -154,6 +154,8 @@ type Task struct {
 	Signals      int // signals the kernel sent it in the current transition
 	// Stack is the last kernel stack seen, innermost first.
 	Stack []string
+	// Running: at the last snapshot the task was on a CPU or runnable.
+	Running bool
 	// SwitchPath is how the task reached its current state (event.Path*).
 	SwitchPath string
 	SwitchedAt uint64
@@ -476,6 +478,7 @@ func (s *State) taskSnapshot(e event.Event) {
 	if e.Reason != "" {
 		t.Reason, t.Func = e.Reason, e.Func
 	}
+	t.Running = e.Running
 }
 
 // snapshotEnd covers a snapshot in which tasks are mid-transition but no

@@ -4,9 +4,12 @@
 //
 // It attaches no probe, so the kernel's own per-task reasons (seen only when
 // a sweep checks a task) are out of reach; a pending task's reason is
-// derived from its kernel stack the way klp_check_stack would: a frame in a
-// function the transition must replace blocks the switch. Elapsed time is
-// unknown for the same reason: the transition began before klptop looked.
+// derived from its kernel stack the way klp_check_and_switch_task would: a
+// task on a CPU is running, a frame in a function the transition must replace
+// blocks the switch. A task caught running or runnable, or whose stack came
+// back empty, has its stack read again (Reread) before its reason is settled.
+// Elapsed time is unknown for the same reason: the transition began before
+// klptop looked.
 package status
 
 import (
@@ -15,6 +18,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/klptop/klptop/internal/event"
 	"github.com/klptop/klptop/internal/state"
@@ -23,7 +27,9 @@ import (
 // Reasons a pending task has, from its stack.
 const (
 	ReasonSleeping = event.ReasonSleeping // a frame in a function the transition replaces
+	ReasonRunning  = event.ReasonRunning  // on a CPU or runnable at every read
 	ReasonNoFrame  = "no_patched_func_on_stack"
+	ReasonNoStack  = "stack_unread" // asleep, but its stack came back empty at every read
 )
 
 // ReasonSource says where reasons come from; part of the JSON so that a
@@ -40,6 +46,8 @@ type Status struct {
 	Functions    []Function  `json:"functions"`
 	// FunctionsNote says why Functions is not observable, when it is not.
 	FunctionsNote string `json:"functions_note,omitempty"`
+
+	blocking map[string]bool // the functions pending tasks may sleep in
 }
 
 // Patch is one livepatch, in stacking order (bottom first).
@@ -77,6 +85,8 @@ type Task struct {
 	Reason     string   `json:"reason"`
 	Func       string   `json:"func,omitempty"`
 	Stack      []string `json:"stack,omitempty"`
+	// Reads is how many times its stack was read before the reason settled.
+	Reads int `json:"reads"`
 }
 
 // Function is one patched function's stack and who runs what.
@@ -119,18 +129,106 @@ func Build(st *state.State, kernel, funcsNote string) Status {
 	}
 	s.Transition = &Transition{Patch: tr.Patch, Direction: direction(tr.Target), Target: tr.Target,
 		Tasks: tr.Total, Switched: tr.Switched}
-	blocking := blockingFuncs(funcs, tr)
+	s.blocking = blockingFuncs(funcs, tr)
 	for _, t := range st.Pending() {
-		pt := Task{PID: t.PID, TGID: t.TGID, Comm: t.Comm, PatchState: t.PatchState, Reason: ReasonNoFrame, Stack: t.Stack}
-		for _, fr := range t.Stack {
-			if name := frameFunc(fr); blocking[name] {
-				pt.Reason, pt.Func = ReasonSleeping, name
-				break
-			}
-		}
+		pt := Task{PID: t.PID, TGID: t.TGID, Comm: t.Comm, PatchState: t.PatchState}
+		s.classify(&pt, t.Stack, t.Running)
 		s.Pending = append(s.Pending, pt)
 	}
 	return s
+}
+
+// classify gives t its reason from one read of its stack.
+func (s *Status) classify(t *Task, stack []string, running bool) {
+	t.Reads++
+	t.Stack, t.Func = stack, ""
+	switch {
+	case running:
+		// klp_check_and_switch_task does not look at the stack of a task
+		// on a CPU; a runnable one is about to leave whatever frame it shows.
+		t.Reason = ReasonRunning
+	case len(stack) == 0:
+		t.Reason = ReasonNoStack
+	default:
+		t.Reason = ReasonNoFrame
+		for _, fr := range stack {
+			if name := frameFunc(fr); s.blocking[name] {
+				t.Reason, t.Func = ReasonSleeping, name
+				break
+			}
+		}
+	}
+}
+
+// settled: a task asleep with a stack read is where it is until it wakes.
+func settled(t Task) bool { return t.Reason == ReasonSleeping || t.Reason == ReasonNoFrame }
+
+// Unsettled is how many pending tasks were running, runnable or without a
+// stack at their last read.
+func (s *Status) Unsettled() int {
+	n := 0
+	for _, t := range s.Pending {
+		if !settled(t) {
+			n++
+		}
+	}
+	return n
+}
+
+// Reread folds a fresh read of the tasks (TaskSnapshot events) into the
+// unsettled ones; a task now at the target switched meanwhile and leaves
+// the pending list.
+func (s *Status) Reread(evs []event.Event) {
+	tr := s.Transition
+	if tr == nil {
+		return
+	}
+	byPID := make(map[int]int, len(s.Pending))
+	for i, t := range s.Pending {
+		if !settled(t) {
+			byPID[t.PID] = i
+		}
+	}
+	gone := map[int]bool{}
+	for _, e := range evs {
+		i, ok := byPID[e.PID]
+		if !ok || e.Type != event.TaskSnapshot || e.Comm != s.Pending[i].Comm {
+			continue
+		}
+		if e.PatchState == tr.Target {
+			gone[i] = true
+			tr.Switched++
+			continue
+		}
+		s.classify(&s.Pending[i], e.Stack, e.Running)
+	}
+	if len(gone) > 0 {
+		kept := s.Pending[:0]
+		for i, t := range s.Pending {
+			if !gone[i] {
+				kept = append(kept, t)
+			}
+		}
+		s.Pending = kept
+	}
+}
+
+// Settle rereads the unsettled tasks' stacks, at most len(pauses) times,
+// sleeping each pause before its read: a task caught between two sleeps is
+// back in one a moment later.
+func (s *Status) Settle(read func() ([]event.Event, error), pauses ...time.Duration) error {
+	for _, p := range pauses {
+		if s.Unsettled() == 0 {
+			return nil
+		}
+		time.Sleep(p)
+		evs, err := read()
+		if err != nil {
+			return err
+		}
+		s.Reread(evs)
+	}
+	return nil
 }
 
 // blockingFuncs are the functions klp_check_stack looks for: unpatching,
@@ -217,9 +315,16 @@ func (s Status) Text(w io.Writer) error {
 			b.WriteString("  none\n")
 		}
 		for _, t := range s.Pending {
-			why := "no function being (un)patched on its stack: running, or switches at the next sweep"
-			if t.Reason == ReasonSleeping {
+			var why string
+			switch t.Reason {
+			case ReasonSleeping:
 				why = "sleeping in " + t.Func
+			case ReasonRunning:
+				why = fmt.Sprintf("running: on a CPU or runnable at %s", reads(t.Reads))
+			case ReasonNoStack:
+				why = fmt.Sprintf("cannot tell: asleep, but its stack read empty at %s", reads(t.Reads))
+			default:
+				why = "asleep with no function being (un)patched on its stack: switches at the next sweep"
 			}
 			fmt.Fprintf(&b, "  %-7d %-16s patch_state %d  %s\n", t.PID, t.Comm, t.PatchState, why)
 			if t.Reason == ReasonSleeping {
@@ -252,6 +357,13 @@ func (s Status) Text(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+func reads(n int) string {
+	if n == 1 {
+		return "its one read"
+	}
+	return fmt.Sprintf("each of %d reads", n)
 }
 
 func versionText(v event.FuncVersion) string {

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/klptop/klptop/internal/event"
@@ -106,6 +107,100 @@ func TestStallReasons(t *testing.T) {
 	f := s.Functions[0]
 	if f.RunsPatched != "livepatch_cmdline_proc_show (test_klp_livepatch)" || f.RunsUnpatched != "livepatch_cmdline_proc_show (livepatch_sample)" {
 		t.Errorf("runs: %+v", f)
+	}
+}
+
+// Hand-made: the stall above with the kworker caught between two sleeps
+// (on a CPU, its stack read empty) and a third task asleep whose stack read
+// empty.
+func caughtRunning() []event.Event {
+	evs := slices.Clone(stall)
+	end := evs[len(evs)-1]
+	evs = evs[:len(evs)-1]
+	for i := range evs {
+		if evs[i].PID == 60 {
+			evs[i].Stack, evs[i].Running = nil, true
+		}
+	}
+	evs = append(evs,
+		event.Event{Time: 10, Type: event.TaskSnapshot, PID: 61, TGID: 61, Comm: "exiting", PatchState: 0, Target: 1},
+		end)
+	return evs
+}
+
+func reread(pid int, comm string, ps int, running bool, stack ...string) event.Event {
+	return event.Event{Time: 11, Type: event.TaskSnapshot, PID: pid, TGID: pid, Comm: comm, PatchState: ps,
+		Target: 1, Running: running, Stack: stack}
+}
+
+func TestSettle(t *testing.T) {
+	s := Build(fold(caughtRunning()), "", "")
+	if len(s.Pending) != 3 || s.Unsettled() != 2 {
+		t.Fatalf("pending %+v", s.Pending)
+	}
+	if p := s.Pending[1]; p.PID != 60 || p.Reason != ReasonRunning || p.Reads != 1 {
+		t.Errorf("kworker at the first read: %+v", p)
+	}
+	kworkerAsleep := reread(60, "kworker/0:1", 0, false, "__schedule+0x34c/0x9e0",
+		"livepatch_cmdline_proc_show+0x20/0x40 [livepatch_sample]", "worker_thread+0xb0/0x390")
+	reads := [][]event.Event{
+		// The cat, settled already, reads as running now: it keeps its reason.
+		{reread(57, "cat", 0, true), reread(60, "kworker/0:1", 0, true), reread(61, "exiting", 0, false)},
+		{kworkerAsleep, reread(61, "exiting", 0, false)},
+		{reread(61, "exiting", 0, false)},
+		{reread(61, "exiting", 0, false)},
+	}
+	calls := 0
+	err := s.Settle(func() ([]event.Event, error) { calls++; return reads[calls-1], nil }, 0, 0, 0)
+	if err != nil || calls != 3 {
+		t.Fatalf("Settle: %v after %d reads", err, calls)
+	}
+	want := []struct {
+		pid    int
+		reason string
+		fn     string
+		reads  int
+	}{
+		{57, ReasonSleeping, "livepatch_cmdline_proc_show", 1},
+		{60, ReasonSleeping, "livepatch_cmdline_proc_show", 3},
+		{61, ReasonNoStack, "", 4},
+	}
+	for i, w := range want {
+		p := s.Pending[i]
+		if p.PID != w.pid || p.Reason != w.reason || p.Func != w.fn || p.Reads != w.reads {
+			t.Errorf("pending[%d] = pid %d %s %q after %d reads, want pid %d %s %q after %d", i,
+				p.PID, p.Reason, p.Func, p.Reads, w.pid, w.reason, w.fn, w.reads)
+		}
+	}
+	var txt bytes.Buffer
+	if err := s.Text(&txt); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "settled.txt", txt.Bytes())
+}
+
+// A task that reaches the target between two reads leaves the list.
+func TestSettleSwitched(t *testing.T) {
+	s := Build(fold(caughtRunning()), "", "")
+	switched := s.Transition.Switched
+	reads := 0
+	err := s.Settle(func() ([]event.Event, error) {
+		reads++
+		return []event.Event{reread(60, "kworker/0:1", 1, false), reread(61, "exiting", 0, true)}, nil
+	}, 0, 0)
+	if err != nil || reads != 2 {
+		t.Fatalf("Settle: %v after %d reads", err, reads)
+	}
+	if len(s.Pending) != 2 || s.Pending[0].PID != 57 || s.Pending[1].PID != 61 || s.Transition.Switched != switched+1 {
+		t.Fatalf("pending %+v, switched %d (was %d)", s.Pending, s.Transition.Switched, switched)
+	}
+	if p := s.Pending[1]; p.Reason != ReasonRunning || p.Reads != 3 {
+		t.Errorf("pid 61: %+v", p)
+	}
+	// A settled status reads nothing.
+	s = Build(fold(stall), "", "")
+	if err := s.Settle(func() ([]event.Event, error) { t.Fatal("read"); return nil, nil }, 0); err != nil {
+		t.Fatal(err)
 	}
 }
 
