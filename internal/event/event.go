@@ -4,7 +4,11 @@
 // object per line) and the in-memory form are the same thing.
 package event
 
-import "fmt"
+import (
+	"fmt"
+	"maps"
+	"slices"
+)
 
 // Type names what happened. The values are written to traces: never rename one,
 // add new ones instead (readers skip types they do not know).
@@ -308,3 +312,6 @@ var known = map[Type]bool{
 
 // Known reports whether t is a type this version of klptop understands.
 func Known(t Type) bool { return known[t] }
+
+// Types is every type this version of klptop understands, sorted.
+func Types() []Type { return slices.Sorted(maps.Keys(known)) }

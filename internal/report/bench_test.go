@@ -119,13 +119,21 @@ func TestReportHeapFlat(t *testing.T) {
 	if testing.Short() {
 		size = 16 << 20
 	}
+	// 1,000 new pids per transition: a state that kept every task it saw
+	// would hold hundreds of thousands by the end.
+	g := newGenTrace(size)
+	g.churn = 1000
 	stop := heapWatch()
-	sum, err := Run(newGenTrace(size), io.Discard, Options{JSON: true})
+	sum, err := Run(g, io.Discard, Options{JSON: true})
 	peak := stop()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d events, peak heap in use %.1f MiB", sum.Events, float64(peak)/(1<<20))
+	if sum.Transitions < 100 || g.pid-g.tasks < 100*g.churn {
+		t.Fatalf("%d transitions, %d pids forked: too few to show growth", sum.Transitions, g.pid-g.tasks)
+	}
+	t.Logf("%d events, %d transitions, %d pids forked, peak heap in use %.1f MiB",
+		sum.Events, sum.Transitions, g.pid-g.tasks, float64(peak)/(1<<20))
 	if peak > maxHeap {
 		t.Fatalf("peak heap %d MiB streaming %d MiB of trace", peak>>20, size>>20)
 	}

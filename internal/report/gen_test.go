@@ -17,6 +17,8 @@ type genTrace struct {
 	events   int64
 
 	tasks  int
+	churn  int // short-lived forks per transition, each a new pid
+	pid    int // the last pid forked
 	t      uint64
 	seq    int
 	target int
@@ -119,6 +121,22 @@ func (g *genTrace) fill() {
 	}
 	g.line("transition_init", patch)
 	g.line("transition_start", nil)
+	// Forks that exit before the next sweep, of pending and switched parents.
+	for i := range g.churn {
+		if g.pid < g.tasks {
+			g.pid = g.tasks
+		}
+		g.pid++
+		ps := g.ps
+		g.ps = g.target
+		if i%2 == 0 {
+			g.ps = 1 - g.target
+		}
+		g.line("task_switch", func(b []byte) []byte {
+			return append(task(g.pid, "short")(b), `,"path":"fork"`...)
+		})
+		g.ps = ps
+	}
 	// Most tasks switch on their own, on the way back to user space.
 	for pid := 1; pid <= g.tasks; pid++ {
 		if pid%5 < 3 && pid%50 != 7 {

@@ -2,22 +2,46 @@ package state
 
 import (
 	"cmp"
+	"slices"
 	"testing"
 
 	"github.com/klptop/klptop/internal/event"
 )
 
+// The first 17 keep their indices: the seeds below and in testdata/fuzz
+// name types by them. TestFuzzTypesComplete keeps the list whole.
 var fuzzTypes = []event.Type{event.PatchEnable, event.TransitionInit, event.TransitionStart,
 	event.TransitionComplete, event.TransitionReverse, event.TransitionCancel, event.TransitionForce,
 	event.SweepStart, event.SweepEnd, event.TaskCheck, event.TaskSwitch, event.PatchSnapshot,
-	event.TaskSnapshot, event.SnapshotEnd, event.Lost, event.Signal, "bogus"}
+	event.TaskSnapshot, event.SnapshotEnd, event.Lost, event.Signal, "bogus",
+	event.FuncStack, event.KlpState, event.Shadow, event.ModuleComing, event.ModuleGoing,
+	event.ModuleApply, event.ModuleRevert, event.PatchReplace, event.PatchReplaced,
+	event.NopsDiscard, event.ReplacedFree, event.PatchFree, event.Callback}
 
 var (
 	fuzzComms   = []string{"", "swapper/0", "swapper/1", "swapper/x", "kworker/0:1", "bash", "swapper/-3", "swapper/99999999999"}
 	fuzzPatches = []string{"", "a", "b", "c"}
 	fuzzReasons = []string{"", event.ReasonSwitched, event.ReasonRunning, event.ReasonSleeping, event.ReasonUnreliable, "errno_5"}
 	fuzzPaths   = []string{"", event.PathUser, event.PathFork, event.PathIdle}
+	fuzzObjects = []string{"", "vmlinux", "m"}
+	fuzzFuncs   = []string{"", "f", "g"}
+	fuzzCBs     = []string{"", event.CallbackPrePatch, event.CallbackPostPatch, event.CallbackPreUnpatch,
+		event.CallbackPostUnpatch, "bogus"}
+	fuzzShadow = []string{event.ShadowAlloc, event.ShadowGetOrAlloc, event.ShadowFree, event.ShadowFreeAll, "x"}
 )
+
+// fuzzVersions is a func_stack of up to three versions, top first.
+func fuzzVersions(b byte) []event.FuncVersion {
+	var vs []event.FuncVersion
+	for i := range int(b % 4) {
+		bits := b >> (2 + 2*i)
+		vs = append(vs, event.FuncVersion{
+			Patch: fuzzPatches[int(bits)%len(fuzzPatches)], Func: fuzzFuncs[int(bits>>1)%len(fuzzFuncs)],
+			Nop: bits&1 != 0, Patched: bits&2 != 0, Transition: i == 0 && bits&2 != 0,
+		})
+	}
+	return vs
+}
 
 // fuzzEvents decodes 8 bytes per event; small values are favoured so that
 // the fuzzer hits the same tasks and patches repeatedly.
@@ -60,6 +84,25 @@ func fuzzEvents(b []byte) []event.Event {
 			e.Func = "f"
 			e.Stack = []string{"f+0x1/0x2", "g+0x3/0x4"}
 		}
+		// The fields of the later types, from the same bytes.
+		switch e.Type {
+		case event.FuncStack:
+			e.Func = fuzzFuncs[int(c[5])%len(fuzzFuncs)]
+			e.Object = fuzzObjects[int(c[3])%len(fuzzObjects)]
+			e.Versions = fuzzVersions(c[6])
+		case event.KlpState, event.Shadow:
+			e.ID, e.Version = uint64(c[5]%3), int(c[3]%4)-1
+			e.Func = fuzzShadow[int(c[6])%len(fuzzShadow)]
+			e.Allocs, e.Frees, e.Live = uint64(c[3]), uint64(c[5]), int64(int8(c[6]))
+			if c[7]&1 != 0 {
+				e.Calls = map[string]uint64{e.Func: uint64(c[2])}
+			}
+		case event.ModuleComing, event.ModuleGoing, event.ModuleApply, event.ModuleRevert, event.Callback:
+			e.Object = fuzzObjects[int(c[5])%len(fuzzObjects)]
+			e.Callback = fuzzCBs[int(c[6])%len(fuzzCBs)]
+			e.Func = fuzzFuncs[int(c[3])%len(fuzzFuncs)]
+			e.Bracketed = c[7]&1 != 0
+		}
 		out = append(out, e)
 	}
 	return out
@@ -86,6 +129,26 @@ func FuzzApply(f *testing.F) {
 		13, 0, 0, 0, 0, 0, 0, 0,
 		10, 0xf5, 3, 0x10, 0, 4, 0x10, 0, // switch, time back
 		14, 0xef, 9, 9, 9, 0, 0, 0, // lost, time near max
+	})
+	f.Add([]byte{
+		11, 0, 0, 0, 1, 0, 0, 0x20, // patch snapshot a, enabled
+		13, 0, 0, 0, 0, 0, 0, 0, // snapshot_end
+		0, 1, 0, 0, 2, 0, 0, 0, // patch_enable b
+		18, 1, 0, 1, 2, 1, 0, 0, // klp_state
+		1, 1, 1, 0, 2, 2, 0, 0, // init b
+		17, 1, 0, 1, 2, 1, 0x1e, 0, // func_stack
+		29, 1, 0, 1, 2, 1, 1, 1, // callback pre_patch, bracketed
+		20, 1, 0, 0, 2, 2, 0, 0, // module_coming
+		22, 1, 0, 0, 2, 2, 0, 0, // module_apply
+		24, 1, 0, 0, 2, 0, 0, 0, // patch_replace
+		25, 1, 0, 0, 1, 0, 0, 0, // patch_replaced
+		26, 1, 0, 0, 2, 0, 0, 0, // nops_discard
+		19, 1, 3, 4, 2, 1, 2, 1, // shadow
+		3, 1, 0, 0, 0, 0, 0, 0, // complete
+		27, 1, 0, 0, 2, 0, 0, 0, // replaced_free
+		28, 1, 0, 0, 1, 0, 0, 0, // patch_free
+		21, 1, 0, 0, 2, 2, 0, 0, // module_going
+		23, 1, 0, 0, 2, 2, 0, 0, // module_revert
 	})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		evs := fuzzEvents(b)
@@ -156,6 +219,15 @@ func checkEnded(t *testing.T, en *Ended, step int) {
 		}
 		if i > 0 && en.Blockers[i-1].Blocked < b.Blocked {
 			t.Fatalf("step %d: blockers not longest first", step)
+		}
+	}
+}
+
+// Every event type reaches the fuzzer and the garbage test.
+func TestFuzzTypesComplete(t *testing.T) {
+	for _, ty := range event.Types() {
+		if !slices.Contains(fuzzTypes, ty) {
+			t.Errorf("fuzzTypes lacks %s", ty)
 		}
 	}
 }

@@ -449,10 +449,7 @@ func TestHandMadeSequences(t *testing.T) {
 // TestHandMadeGarbage feeds random hand-made event soup: Apply must never
 // panic and the counters must stay consistent.
 func TestHandMadeGarbage(t *testing.T) {
-	types := []event.Type{event.PatchEnable, event.TransitionInit, event.TransitionStart,
-		event.TransitionComplete, event.TransitionReverse, event.TransitionCancel, event.TransitionForce,
-		event.SweepStart, event.SweepEnd, event.TaskCheck, event.TaskSwitch, event.PatchSnapshot,
-		event.TaskSnapshot, event.SnapshotEnd, event.Lost, "bogus"}
+	types := fuzzTypes
 	reasons := []string{"", event.ReasonSwitched, event.ReasonRunning, event.ReasonSleeping, "zz"}
 	r := rand.New(rand.NewPCG(1, 2))
 	for round := range 200 {
@@ -474,6 +471,15 @@ func TestHandMadeGarbage(t *testing.T) {
 				InTransition: r.IntN(2) == 0,
 				Replace:      r.IntN(3) == 0,
 				Pending:      r.IntN(10) - 5,
+				Func:         fuzzFuncs[r.IntN(len(fuzzFuncs))],
+				Object:       fuzzObjects[r.IntN(len(fuzzObjects))],
+				Callback:     fuzzCBs[r.IntN(len(fuzzCBs))],
+				Versions:     fuzzVersions(byte(r.IntN(256))),
+				ID:           uint64(r.IntN(3)),
+				Version:      r.IntN(4) - 1,
+				Allocs:       uint64(r.IntN(5)),
+				Frees:        uint64(r.IntN(5)),
+				Live:         int64(r.IntN(9) - 4),
 			}
 			s.Apply(e)
 			checkInvariants(t, s, round*1000+i)
@@ -531,4 +537,52 @@ func TestSignalsCounted(t *testing.T) {
 	// task only, and never panics.
 	k.Apply(ev(at+2*sec, event.TransitionComplete))
 	k.Apply(signal(at+3*sec, 57, "kworker/1:2", event.PathWake))
+}
+
+// Hand-made churn: 50 transitions, each with 1,000 short-lived forks that
+// exit before the next sweep (half forked by a pending parent, half by a
+// switched one). The kernel's sweep checks every pending task alive; one it
+// no longer finds has exited, so the state never holds more than the live
+// tasks and one transition's forks.
+func TestChurnBounded(t *testing.T) {
+	s := New()
+	for _, e := range idleSnapshot() {
+		s.Apply(e)
+	}
+	const forks = 1000
+	now := uint64(10 * sec)
+	pid := 1000
+	most := 0
+	for n := range 50 {
+		target := 1 - n%2
+		s.Apply(initTr(now, "p", target))
+		s.Apply(ev(now, event.TransitionStart))
+		for i := range forks {
+			pid++
+			ps := target
+			if i%2 == 0 {
+				ps = 1 - target
+			}
+			s.Apply(sw(now+uint64(i), pid, "short", ps, event.PathFork))
+		}
+		most = max(most, len(s.Tasks))
+		now += sec
+		s.Apply(ev(now, event.SweepStart))
+		for _, p := range []int{1, 42, 100} {
+			s.Apply(check(now, p, "", event.ReasonSwitched, ""))
+			s.Apply(sw(now, p, "", target, event.PathSweep))
+		}
+		s.Apply(event.Event{Time: now, Type: event.SweepEnd})
+		s.Apply(ev(now, event.TransitionComplete))
+		checkInvariants(t, s, n)
+		most = max(most, len(s.Tasks))
+		now += sec
+	}
+	if most > 3+2*forks {
+		t.Errorf("the state held %d tasks at most; live: 3, forks per transition: %d", most, forks)
+	}
+	if len(s.Tasks) > 3+forks {
+		t.Errorf("%d tasks after 50 transitions of %d forks each", len(s.Tasks), forks)
+	}
+	t.Logf("at most %d tasks, %d at the end", most, len(s.Tasks))
 }
