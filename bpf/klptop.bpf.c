@@ -137,7 +137,8 @@ static __always_inline int task_patch_state(struct task_struct *t)
  */
 static __always_inline __u32 task_running(struct task_struct *t)
 {
-	if (bpf_core_field_exists(t->on_cpu) && BPF_CORE_READ(t, on_cpu))
+	/* int until 6.x, u8 since: read at the kernel's size. */
+	if (bpf_core_field_exists(t->on_cpu) && BPF_CORE_READ_BITFIELD_PROBED(t, on_cpu))
 		return 1;
 	if (bpf_core_field_exists(t->__state))
 		return BPF_CORE_READ(t, __state) == 0;

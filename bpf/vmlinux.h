@@ -53,7 +53,7 @@ struct task_struct {
 	char comm[16];
 	int patch_state; /* CONFIG_LIVEPATCH only: guard with bpf_core_field_exists */
 	unsigned int __state; /* 5.14+; before, "long state" (task_struct___state) */
-	int on_cpu; /* CONFIG_SMP only */
+	int on_cpu; /* CONFIG_SMP only; u8 on later kernels */
 	unsigned long nvcsw; /* context switches: a change means it ran */
 	unsigned long nivcsw;
 } __attribute__((preserve_access_index));
