@@ -47,8 +47,16 @@ lint:
 unit: deps
 	$(GO) test ./...
 
-# Unit tests, then the end-to-end tests against real kernels in qemu guests.
-test: lint check-generated unit vmtest
+# Unit tests, then the end-to-end tests against real kernels in qemu guests;
+# at the end, where the time went. The first phase to fail stops it.
+TEST_PHASES := lint check-generated unit vmtest
+test:
+	@t0=$$(date +%s); times=; rc=0; \
+	for p in $(TEST_PHASES); do \
+		s=$$(date +%s); $(MAKE) --no-print-directory $$p || rc=$$?; \
+		times="$$times $$p $$(($$(date +%s) - s))s"; [ $$rc = 0 ] || { times="$$times (failed)"; break; }; \
+	done; \
+	echo "make test:$$times; total $$(($$(date +%s) - t0))s"; exit $$rc
 
 # Every fuzz target for FUZZTIME each. The recordings among the seeds are
 # tens of kB: minimizing one such input for the default 60 s stalls the

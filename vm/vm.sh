@@ -28,6 +28,8 @@
 #   MEM=1024 SMP=2 (7.x: 1) TIMEOUT=1800 APPEND="extra kernel args"
 #   TCG=tcg,thread=multi    qemu -accel (6.12: tcg,thread=single)
 #   TESTFLAGS="-test.run X"  extra flags for the guest test binary
+#   SUMMARY=F TIMES=F       test: the counts of vmhost -summary, and each
+#                           phase's seconds, written to F (vm/vmtest.sh)
 #   SKIP_APT=1              do not touch apt (packages known to be present)
 #   STALL_SECONDS=25        demo: how long the transition stays stuck
 set -euo pipefail
@@ -49,11 +51,13 @@ APPEND=${APPEND:-}
 T0=$SECONDS
 log() { printf '\033[1;34m[vm %s %3ss]\033[0m %s\n' "$KERNEL" $((SECONDS - T0)) "$*" >&2; }
 die() { log "error: $*"; exit 2; }
+# Phase times also go to $TIMES, one "name seconds" line each, when set.
 step() {
 	local name=$1 t=$SECONDS
 	shift
 	"$@"
 	log "$name: $((SECONDS - t))s"
+	[[ -z ${TIMES:-} ]] || echo "$name $((SECONDS - t))" >> "$TIMES"
 }
 
 # ------------------------------------------------------------------ kernels
@@ -518,9 +522,10 @@ main() {
 	local t=$SECONDS rc=0
 	case $MODE in
 	test | selftests)
-		boot_batch
-		log "boot + guest: $((SECONDS - t))s"
-		"$RUN/vmhost" -mode "$MODE" -console "$RUN/console.log" -data "$RUN/data.raw" -out "$OUT" || rc=$?
+		step "boot + guest" boot_batch
+		echo "==== vmhost report ($KERNEL, $KVER)"
+		"$RUN/vmhost" -mode "$MODE" -kernel "$KERNEL" -summary "${SUMMARY:-/dev/null}" \
+			-console "$RUN/console.log" -data "$RUN/data.raw" -out "$OUT" || rc=$?
 		;;
 	*)
 		boot_interactive || rc=$?

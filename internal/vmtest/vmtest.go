@@ -151,14 +151,18 @@ func Extract(tgz []byte, dir string) ([]string, error) {
 	return files, nil
 }
 
-// Result of one test, as `go test -v` reports it.
+// Result of one run of a test, as `go test -v` reports it.
 type Result struct {
 	Name   string
 	Status string // PASS, FAIL, SKIP, or NORESULT: started, never finished
+	// Output is what the run printed, its subtests' lines included, from
+	// its "=== RUN" line to its result line.
+	Output []string
 }
 
 // Summary counts leaf tests only: a parent fails when a subtest does, and
-// counting both would count one failure twice.
+// counting both would count one failure twice. Each run of a test counts
+// (-test.count=N runs it N times).
 type Summary struct {
 	Results                 []Result
 	Passed, Failed, Skipped int
@@ -172,39 +176,49 @@ var (
 // ParseGoTest reads `go test -v` output (or anything printing the same
 // "=== RUN" / "--- PASS:" lines, as vm/guest/selftests.sh does).
 func ParseGoTest(r io.Reader) Summary {
-	var order []string
-	status := map[string]string{}
+	var (
+		runs []*Result
+		open = map[string]*Result{} // the run of each name not yet ended
+		all  []string
+	)
+	start := map[*Result]int{}
+	parent := map[*Result]bool{} // runs in which a subtest ran
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := strings.TrimRight(sc.Text(), "\r")
+		all = append(all, line)
 		if m := runRE.FindStringSubmatch(line); m != nil {
-			if _, seen := status[m[1]]; !seen {
-				order = append(order, m[1])
-				status[m[1]] = "NORESULT"
+			if open[m[1]] == nil {
+				res := &Result{Name: m[1], Status: "NORESULT"}
+				runs, open[m[1]] = append(runs, res), res
+				start[res] = len(all) - 1
+				if i := strings.LastIndexByte(m[1], '/'); i > 0 && open[m[1][:i]] != nil {
+					parent[open[m[1][:i]]] = true
+				}
 			}
 		} else if m := resultRE.FindStringSubmatch(line); m != nil {
-			if _, seen := status[m[2]]; !seen {
-				order = append(order, m[2])
+			res := open[m[2]]
+			if res == nil {
+				res = &Result{Name: m[2]}
+				runs = append(runs, res)
+				start[res] = len(all) - 1
 			}
-			status[m[2]] = m[1]
+			res.Status = m[1]
+			res.Output = all[start[res]:len(all):len(all)]
+			delete(open, m[2])
 		}
 	}
+	for _, res := range open {
+		res.Output = all[start[res]:len(all):len(all)]
+	}
 	var s Summary
-	for _, name := range order {
-		parent := false
-		for _, other := range order {
-			if strings.HasPrefix(other, name+"/") {
-				parent = true
-				break
-			}
-		}
-		if parent {
+	for _, res := range runs {
+		if parent[res] {
 			continue
 		}
-		st := status[name]
-		s.Results = append(s.Results, Result{Name: name, Status: st})
-		switch st {
+		s.Results = append(s.Results, *res)
+		switch res.Status {
 		case "PASS":
 			s.Passed++
 		case "SKIP":

@@ -138,3 +138,48 @@ panic: test timed out after 1m0s
 		t.Errorf("last result %+v, want TestD NORESULT", r)
 	}
 }
+
+// With -test.count, every run counts: a failure in one is not hidden by a
+// pass in the next, and each failure keeps its own output.
+func TestParseGoTestCount(t *testing.T) {
+	out := `=== RUN   TestS
+    f_test.go:10: pid 348 sleeping
+--- PASS: TestS (1.00s)
+=== RUN   TestS
+    f_test.go:10: pid 348 running
+    f_test.go:12: want sleeping
+--- FAIL: TestS (1.00s)
+=== RUN   TestS
+=== RUN   TestS/sub
+=== NAME  TestS
+    f_test.go:20: parent line
+    --- PASS: TestS/sub (0.00s)
+--- PASS: TestS (1.00s)
+=== RUN   TestK
+    k_test.go:3: no module foo
+--- SKIP: TestK (0.00s)
+`
+	s := ParseGoTest(strings.NewReader(out))
+	if s.Passed != 2 || s.Failed != 1 || s.Skipped != 1 || len(s.Results) != 4 {
+		t.Fatalf("got %d passed %d failed %d skipped: %+v", s.Passed, s.Failed, s.Skipped, s.Results)
+	}
+	f := s.Results[1]
+	if f.Name != "TestS" || f.Status != "FAIL" || len(f.Output) != 4 || f.Output[2] != "    f_test.go:12: want sleeping" {
+		t.Errorf("failed run %+v", f)
+	}
+	if r := s.Results[2]; r.Name != "TestS/sub" || r.Status != "PASS" {
+		t.Errorf("third result %+v", r)
+	}
+	k := s.Results[3]
+	if got := SkipMessage(k); got != "k_test.go:3: no module foo" {
+		t.Errorf("skip message %q", got)
+	}
+	DeclaredSkips["test-kernel"] = map[string]string{"TestK": "no module foo here"}
+	defer delete(DeclaredSkips, "test-kernel")
+	if d, u := Skips("test-kernel", s); len(u) != 0 || d["TestK"] != "no module foo here" {
+		t.Errorf("declared %v undeclared %v", d, u)
+	}
+	if d, u := Skips("6.12", s); len(d) != 0 || len(u) != 1 || u[0].Name != "TestK" {
+		t.Errorf("6.12: declared %v undeclared %v", d, u)
+	}
+}

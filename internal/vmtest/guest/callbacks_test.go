@@ -26,6 +26,7 @@ func TestCallbacks(t *testing.T) {
 		_ = exec.Command("rmmod", "test_klp_callbacks_mod").Run()
 		unloadPatch(t, demo, demo)
 	})
+	pins := kprobePinsModule(t)
 	mark := kmsgMark(t)
 	rec := startRecord(t, "callbacks", scenarioLib+`modprobe test_klp_callbacks_demo
 settle test_klp_callbacks_demo
@@ -44,12 +45,13 @@ if modprobe test_klp_callbacks_demo pre_patch_ret=-19; then echo "enable did not
 	// The kernel's word: test_klp_callbacks_demo logs "<callback>: <object>"
 	// and the state of the module (ignored here).
 	re := regexp.MustCompile(`^test_klp_callbacks_demo: (pre_patch|post_patch|pre_unpatch|post_unpatch)_callback: (\S+)`)
-	// Where a kprobe on a module holds it (7.x), klptop takes its probes
-	// off the callbacks and says so: then only the bracketed ones, the
-	// enable's pre-patch and the post ones of a completion, are seen.
+	// Where a kprobe on a module holds it, klptop takes its probes off the
+	// callbacks and says so: then only the bracketed ones, the enable's
+	// pre-patch and the post ones of a completion, are seen.
 	logText, _ := os.ReadFile(strings.TrimSuffix(rec.path, filepath.Ext(rec.path)) + ".log")
-	pins := strings.Contains(string(logText), "a kprobe on a patch module holds the module here")
-	t.Logf("probing a module pins it here: %v", pins)
+	if said := strings.Contains(string(logText), "a kprobe on a patch module holds the module here"); said != pins {
+		t.Errorf("klptop says a kprobe pins a module here: %v; the kernel's refcnt says %v", said, pins)
+	}
 	var want []string
 	for _, m := range readKmsg(t, mark) {
 		if s := re.FindStringSubmatch(m.msg); s != nil {
@@ -129,4 +131,40 @@ if modprobe test_klp_callbacks_demo pre_patch_ret=-19; then echo "enable did not
 			t.Errorf("report lacks %q:\n%s", line, out)
 		}
 	}
+}
+
+// kprobePinsModule asks the kernel whether a kprobe on a module's function
+// holds the module: its refcnt with an enabled kprobe event on
+// busymod_work_func, against without.
+func kprobePinsModule(t *testing.T) bool {
+	t.Helper()
+	const (
+		mod    = "test_klp_callbacks_busy"
+		events = "/sys/kernel/tracing/kprobe_events"
+		name   = "klptop_test_pin"
+	)
+	run(t, "modprobe", mod)
+	defer run(t, "rmmod", mod)
+	refs := func() string { return readAttr("/sys/module/" + mod + "/refcnt") }
+	before := refs()
+	f, err := os.OpenFile(events, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := fmt.Fprintf(f, "p:%s %s:%s\n", name, mod, busyFunc); err != nil {
+		t.Fatalf("kprobe event on %s:%s: %v", mod, busyFunc, err)
+	}
+	enable := "/sys/kernel/tracing/events/kprobes/" + name + "/enable"
+	writeAttr(t, enable, "1")
+	with := refs()
+	writeAttr(t, enable, "0")
+	if _, err := fmt.Fprintf(f, "-:%s\n", name); err != nil {
+		t.Fatalf("removing the kprobe event: %v", err)
+	}
+	t.Logf("%s refcnt %s, with a kprobe on %s %s", mod, before, busyFunc, with)
+	if before == "" || with == "" {
+		t.Fatalf("no refcnt for %s", mod)
+	}
+	return with != before
 }

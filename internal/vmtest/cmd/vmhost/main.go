@@ -7,8 +7,10 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/klptop/klptop/internal/vmtest"
 )
@@ -18,11 +20,17 @@ func main() {
 	data := flag.String("data", "", "raw output of the guest's data serial port")
 	out := flag.String("out", "", "directory for the guest's files (emptied first)")
 	mode := flag.String("mode", "test", "test or selftests")
+	kernel := flag.String("kernel", "", "the guest kernel (KERNEL of vm/vm.sh): its declared skips apply")
+	summary := flag.String("summary", "", `file for one line "tests passed failed skipped" (declared skips)`)
 	flag.Parse()
-	os.Exit(run(*console, *data, *out, *mode))
+	os.Exit(run(*console, *data, *out, *mode, *kernel, *summary))
 }
 
-func run(consolePath, dataPath, out, mode string) int {
+// maxOutput bounds each failing test's output printed: the end of it says
+// what went wrong; the whole log stays in the guest's files.
+const maxOutput = 150
+
+func run(consolePath, dataPath, out, mode, kernel, summary string) int {
 	con, err := os.ReadFile(consolePath)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vmhost:", err)
@@ -65,14 +73,43 @@ func run(consolePath, dataPath, out, mode string) int {
 
 	s := vmtest.ParseGoTest(bytes.NewReader(testLog))
 	for _, r := range s.Results {
-		if r.Status != "PASS" {
+		if r.Status == "PASS" || r.Status == "SKIP" {
+			continue
+		}
+		o := r.Output
+		fmt.Printf("\n---- output of %s (%s", r.Name, r.Status)
+		if len(o) > maxOutput {
+			fmt.Printf(", last %d of %d lines", maxOutput, len(o))
+			o = o[len(o)-maxOutput:]
+		}
+		fmt.Println(")")
+		for _, l := range o {
+			fmt.Println(l)
+		}
+	}
+	declared, undeclared := vmtest.Skips(kernel, s)
+	for _, name := range slices.Sorted(maps.Keys(declared)) {
+		fmt.Printf("  declared skip on %s: %s: %s\n", kernel, name, declared[name])
+	}
+	for _, r := range undeclared {
+		fmt.Printf("  UNDECLARED SKIP %s: %s (declare it in internal/vmtest/skips.go for %s, or mend it)\n",
+			r.Name, vmtest.SkipMessage(r), kernel)
+		bad = true
+	}
+	fmt.Println()
+	for _, r := range s.Results {
+		if r.Status != "PASS" && r.Status != "SKIP" {
 			fmt.Printf("  %-8s %s\n", r.Status, r.Name)
 		}
 	}
-	if s.Skipped > 0 {
-		fmt.Printf("%d skipped\n", s.Skipped)
+	fmt.Printf("%d passed, %d failed, %d skipped (%d declared)\n", s.Passed, s.Failed, s.Skipped, len(declared))
+	if summary != "" {
+		line := fmt.Sprintf("%d %d %d %d\n", len(s.Results), s.Passed, s.Failed, s.Skipped)
+		if err := os.WriteFile(summary, []byte(line), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "vmhost:", err)
+			bad = true
+		}
 	}
-	fmt.Printf("%d passed, %d failed\n", s.Passed, s.Failed)
 	if rcOK && rc != 0 {
 		fmt.Printf("guest %s exited %d\n", mode, rc)
 		bad = true
