@@ -153,23 +153,14 @@ func waitTimeout(cmd *exec.Cmd, d time.Duration) error {
 // kernel inlined are logged for the record.
 func TestProbePlanAgreesWithKernel(t *testing.T) {
 	needKlptop(t)
-	b, err := os.ReadFile("/sys/kernel/tracing/available_filter_functions")
-	if err != nil {
-		t.Fatal(err)
-	}
-	traceable := map[string]bool{}
-	var klp []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 {
-			continue
-		}
-		traceable[f[0]] = true
-		if strings.Contains(f[0], "klp") {
-			klp = append(klp, f[0])
+	traceable := kernelTraceable(t)
+	klp := 0
+	for fn := range traceable {
+		if strings.Contains(fn, "klp") {
+			klp++
 		}
 	}
-	t.Logf("%d traceable klp functions", len(klp))
+	t.Logf("%d traceable klp functions", klp)
 	var inlined []string
 	for _, fn := range []string{"klp_send_signals", "klp_check_stack", "__klp_enable_patch", "__klp_disable_patch",
 		"klp_init_patch", "klp_free_patch_start", "klp_free_patch_finish", "klp_try_switch_task", "klp_check_and_switch_task"} {
@@ -205,4 +196,21 @@ func TestProbePlanAgreesWithKernel(t *testing.T) {
 		}
 	}
 	t.Logf("backend %s, attached %d, missing %v", rec.header.Backend, len(rec.header.Attached), rec.header.Missing)
+}
+
+// kernelTraceable is the set of functions available_filter_functions lists:
+// the kernel's word on what can be probed.
+func kernelTraceable(t *testing.T) map[string]bool {
+	t.Helper()
+	b, err := os.ReadFile("/sys/kernel/tracing/available_filter_functions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	traceable := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			traceable[f[0]] = true
+		}
+	}
+	return traceable
 }

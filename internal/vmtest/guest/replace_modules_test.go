@@ -12,12 +12,21 @@ import (
 	"github.com/klptop/klptop/internal/state"
 )
 
-// attachedOrMissing: whether the recording probed fn; a function neither
-// attached nor named missing is a klptop bug.
+// attachedOrMissing: whether the recording probed fn. The kernel decides
+// what may be expected of it: a function available_filter_functions lists
+// must be attached, one it does not list must be named missing.
 func attachedOrMissing(t *testing.T, rec *recording, fn string) bool {
 	t.Helper()
+	traceable := kernelTraceable(t)[fn]
 	if slices.Contains(rec.header.Attached, fn) {
+		if !traceable {
+			t.Errorf("%s attached, yet available_filter_functions does not list it", fn)
+		}
 		return true
+	}
+	if traceable {
+		t.Errorf("%s is traceable here, and klptop did not attach it (missing %v)", fn, rec.header.Missing)
+		return false
 	}
 	for _, m := range rec.header.Missing {
 		if m.Symbol == fn {
