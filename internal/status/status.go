@@ -183,16 +183,21 @@ func (s *Status) Reread(evs []event.Event) {
 	if tr == nil {
 		return
 	}
-	byPID := make(map[int]int, len(s.Pending))
+	// By pid and comm: every CPU's idle task is pid 0.
+	type key struct {
+		pid  int
+		comm string
+	}
+	unsettled := make(map[key]int, len(s.Pending))
 	for i, t := range s.Pending {
 		if !settled(t) {
-			byPID[t.PID] = i
+			unsettled[key{t.PID, t.Comm}] = i
 		}
 	}
 	gone := map[int]bool{}
 	for _, e := range evs {
-		i, ok := byPID[e.PID]
-		if !ok || e.Type != event.TaskSnapshot || e.Comm != s.Pending[i].Comm {
+		i, ok := unsettled[key{e.PID, e.Comm}]
+		if !ok || e.Type != event.TaskSnapshot {
 			continue
 		}
 		if e.PatchState == tr.Target {

@@ -124,6 +124,8 @@ func caughtRunning() []event.Event {
 	}
 	evs = append(evs,
 		event.Event{Time: 10, Type: event.TaskSnapshot, PID: 61, TGID: 61, Comm: "exiting", PatchState: 0, Target: 1},
+		event.Event{Time: 10, Type: event.TaskSnapshot, Comm: "swapper/0", PatchState: 0, Target: 1, Running: true},
+		event.Event{Time: 10, Type: event.TaskSnapshot, Comm: "swapper/1", PatchState: 0, Target: 1, Running: true},
 		end)
 	return evs
 }
@@ -135,17 +137,22 @@ func reread(pid int, comm string, ps int, running bool, stack ...string) event.E
 
 func TestSettle(t *testing.T) {
 	s := Build(fold(caughtRunning()), "", "")
-	if len(s.Pending) != 3 || s.Unsettled() != 2 {
+	if len(s.Pending) != 5 || s.Unsettled() != 4 {
 		t.Fatalf("pending %+v", s.Pending)
 	}
-	if p := s.Pending[1]; p.PID != 60 || p.Reason != ReasonRunning || p.Reads != 1 {
+	if p := pendingOf(s, 60, "kworker/0:1"); p == nil || p.Reason != ReasonRunning || p.Reads != 1 {
 		t.Errorf("kworker at the first read: %+v", p)
 	}
 	kworkerAsleep := reread(60, "kworker/0:1", 0, false, "__schedule+0x34c/0x9e0",
 		"livepatch_cmdline_proc_show+0x20/0x40 [livepatch_sample]", "worker_thread+0xb0/0x390")
+	idle := func(cpu string, ps int) event.Event {
+		return event.Event{Time: 11, Type: event.TaskSnapshot, Comm: "swapper/" + cpu, PatchState: ps, Target: 1, Running: true}
+	}
 	reads := [][]event.Event{
 		// The cat, settled already, reads as running now: it keeps its reason.
-		{reread(57, "cat", 0, true), reread(60, "kworker/0:1", 0, true), reread(61, "exiting", 0, false)},
+		// Each CPU's idle task (all pid 0) is read as itself.
+		{reread(57, "cat", 0, true), reread(60, "kworker/0:1", 0, true), reread(61, "exiting", 0, false),
+			idle("0", 0), idle("1", 1)},
 		{kworkerAsleep, reread(61, "exiting", 0, false)},
 		{reread(61, "exiting", 0, false)},
 		{reread(61, "exiting", 0, false)},
@@ -157,19 +164,23 @@ func TestSettle(t *testing.T) {
 	}
 	want := []struct {
 		pid    int
+		comm   string
 		reason string
 		fn     string
 		reads  int
 	}{
-		{57, ReasonSleeping, "livepatch_cmdline_proc_show", 1},
-		{60, ReasonSleeping, "livepatch_cmdline_proc_show", 3},
-		{61, ReasonNoStack, "", 4},
+		{57, "cat", ReasonSleeping, "livepatch_cmdline_proc_show", 1},
+		{60, "kworker/0:1", ReasonSleeping, "livepatch_cmdline_proc_show", 3},
+		{61, "exiting", ReasonNoStack, "", 4},
+		{0, "swapper/0", ReasonRunning, "", 2}, // not read after its first reread
 	}
-	for i, w := range want {
-		p := s.Pending[i]
-		if p.PID != w.pid || p.Reason != w.reason || p.Func != w.fn || p.Reads != w.reads {
-			t.Errorf("pending[%d] = pid %d %s %q after %d reads, want pid %d %s %q after %d", i,
-				p.PID, p.Reason, p.Func, p.Reads, w.pid, w.reason, w.fn, w.reads)
+	if len(s.Pending) != len(want) || pendingOf(s, 0, "swapper/1") != nil {
+		t.Fatalf("pending %+v: swapper/1 switched at the first reread and leaves", s.Pending)
+	}
+	for _, w := range want {
+		p := pendingOf(s, w.pid, w.comm)
+		if p == nil || p.Reason != w.reason || p.Func != w.fn || p.Reads != w.reads {
+			t.Errorf("%d %s: %+v, want %s %q after %d reads", w.pid, w.comm, p, w.reason, w.fn, w.reads)
 		}
 	}
 	var txt bytes.Buffer
@@ -177,6 +188,15 @@ func TestSettle(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden(t, "settled.txt", txt.Bytes())
+}
+
+func pendingOf(s Status, pid int, comm string) *Task {
+	for i := range s.Pending {
+		if s.Pending[i].PID == pid && s.Pending[i].Comm == comm {
+			return &s.Pending[i]
+		}
+	}
+	return nil
 }
 
 // A task that reaches the target between two reads leaves the list.
@@ -191,10 +211,10 @@ func TestSettleSwitched(t *testing.T) {
 	if err != nil || reads != 2 {
 		t.Fatalf("Settle: %v after %d reads", err, reads)
 	}
-	if len(s.Pending) != 2 || s.Pending[0].PID != 57 || s.Pending[1].PID != 61 || s.Transition.Switched != switched+1 {
+	if len(s.Pending) != 4 || pendingOf(s, 60, "kworker/0:1") != nil || s.Transition.Switched != switched+1 {
 		t.Fatalf("pending %+v, switched %d (was %d)", s.Pending, s.Transition.Switched, switched)
 	}
-	if p := s.Pending[1]; p.Reason != ReasonRunning || p.Reads != 3 {
+	if p := pendingOf(s, 61, "exiting"); p == nil || p.Reason != ReasonRunning || p.Reads != 3 {
 		t.Errorf("pid 61: %+v", p)
 	}
 	// A settled status reads nothing.
