@@ -460,7 +460,10 @@ qemu_cmd() {
 }
 
 # Kernel messages go to ttyS0 with the console, interleaved with anything the
-# guest prints; files come back on ttyS1, which carries nothing else.
+# guest prints; files come back on ttyS1, which carries nothing else. A soft
+# lockup ends the guest at once rather than at the timeout, and the panic
+# replays the whole kernel log at full verbosity (panic_print=32): loglevel=4
+# keeps the lockup's stack off the console otherwise.
 boot_batch() {
 	local console=$RUN/console.log data=$RUN/data.raw rc
 	rm -f "$console" "$data"
@@ -468,7 +471,7 @@ boot_batch() {
 	set +e
 	timeout --foreground "$TIMEOUT" "${QEMU[@]}" \
 		-serial stdio -chardev "file,id=data,path=$data" -serial chardev:data \
-		-append "console=ttyS0 panic=-1 oops=panic quiet loglevel=4 log_buf_len=4M $APPEND" \
+		-append "console=ttyS0 panic=-1 oops=panic softlockup_panic=1 panic_print=32 quiet loglevel=4 log_buf_len=4M $APPEND" \
 		< /dev/null | sed -u 's/\r$//' | tee "$console"
 	rc=${PIPESTATUS[0]}
 	set -e

@@ -12,6 +12,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
 	"github.com/klptop/klptop/internal/event"
 )
 
@@ -134,34 +138,30 @@ if modprobe test_klp_callbacks_demo pre_patch_ret=-19; then echo "enable did not
 }
 
 // kprobePinsModule asks the kernel whether a kprobe on a module's function
-// holds the module: its refcnt with an enabled kprobe event on
-// busymod_work_func, against without.
+// holds the module: its refcnt with a BPF kprobe (perf_kprobe, as klptop
+// places its callback probes) on busymod_work_func, against without.
 func kprobePinsModule(t *testing.T) bool {
 	t.Helper()
-	const (
-		mod    = "test_klp_callbacks_busy"
-		events = "/sys/kernel/tracing/kprobe_events"
-		name   = "klptop_test_pin"
-	)
+	const mod = "test_klp_callbacks_busy"
 	run(t, "modprobe", mod)
 	defer run(t, "rmmod", mod)
 	refs := func() string { return readAttr("/sys/module/" + mod + "/refcnt") }
 	before := refs()
-	f, err := os.OpenFile(events, os.O_WRONLY|os.O_APPEND, 0)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.Kprobe,
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	if _, err := fmt.Fprintf(f, "p:%s %s:%s\n", name, mod, busyFunc); err != nil {
-		t.Fatalf("kprobe event on %s:%s: %v", mod, busyFunc, err)
+	defer prog.Close()
+	l, err := link.Kprobe(busyFunc, prog, nil)
+	if err != nil {
+		t.Fatalf("kprobe on %s:%s: %v", mod, busyFunc, err)
 	}
-	enable := "/sys/kernel/tracing/events/kprobes/" + name + "/enable"
-	writeAttr(t, enable, "1")
 	with := refs()
-	writeAttr(t, enable, "0")
-	if _, err := fmt.Fprintf(f, "-:%s\n", name); err != nil {
-		t.Fatalf("removing the kprobe event: %v", err)
-	}
+	l.Close()
 	t.Logf("%s refcnt %s, with a kprobe on %s %s", mod, before, busyFunc, with)
 	if before == "" || with == "" {
 		t.Fatalf("no refcnt for %s", mod)
