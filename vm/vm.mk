@@ -13,7 +13,7 @@ KERNELS ?= 6.1 6.12 7.x
 KLPTOP_CACHE ?= /var/cache/klptop
 VM_ENV = KERNEL=$(KERNEL) KLPTOP_CACHE=$(KLPTOP_CACHE)
 
-.PHONY: vmtest demo vmshell vmselftests vmprepare testdata
+.PHONY: vmtest bench-vm demo vmshell vmselftests vmprepare testdata
 
 # e2e tests of the real klptop in a guest, one guest per kernel in KERNELS,
 # one guest at a time (vm/vmtest.sh says why); it ends with a table per kernel.
@@ -21,6 +21,15 @@ VM_ENV = KERNEL=$(KERNEL) KLPTOP_CACHE=$(KLPTOP_CACHE)
 VMTEST_JOBS ?= 1
 vmtest:
 	@KERNELS="$(KERNELS)" VMTEST_JOBS=$(VMTEST_JOBS) KLPTOP_CACHE=$(KLPTOP_CACHE) vm/vmtest.sh
+
+# Scale runs in a guest per kernel in KERNELS: TestScale with BENCH_THREADS
+# extra threads (a stalled patching, its unblocking and the unpatching,
+# checked against /proc and the kernel's log); the figures (tasks, events,
+# lost, ring size, time) are in each guest's report.
+BENCH_THREADS ?= 50000
+bench-vm:
+	@KERNELS="$(KERNELS)" VMTEST_JOBS=1 KLPTOP_CACHE=$(KLPTOP_CACHE) RUN_NAME=bench MEM=4096 \
+		TESTFLAGS="-test.run ^TestScale -klptop.threads=$(BENCH_THREADS)" TEST_TIMEOUT=40m TIMEOUT=3000 vm/vmtest.sh
 
 # klptop's live TUI in this terminal while a transition stalls and completes.
 demo:

@@ -420,6 +420,9 @@ build_go() {
 		fi
 		if [[ $MODE == test ]]; then
 			CGO_ENABLED=0 go test -c -tags guest -o "$bin/guest.test" ./internal/vmtest/guest
+			# The scale tests' thread holder, in C: static, as the
+			# selftests' helper.
+			gcc -static -O2 -pthread -o "$bin/klptop-threads" "$HERE/guest/threads.c"
 		fi
 		go build -o "$RUN/vmhost" ./internal/vmtest/cmd/vmhost
 	)

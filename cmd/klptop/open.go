@@ -33,6 +33,9 @@ func notes(info probes.Info) []string {
 	if info.LoadTime > 0 {
 		n[0] += fmt.Sprintf(" (load %s)", info.LoadTime.Round(time.Millisecond))
 	}
+	if info.RingBytes > 0 {
+		n[0] += fmt.Sprintf("; events ring %d MiB for %d tasks", info.RingBytes>>20, info.Tasks)
+	}
 	if len(info.Missing) > 0 {
 		var m []string
 		for _, x := range info.Missing {
@@ -86,6 +89,7 @@ func header(info probes.Info, command []string) trace.Header {
 	}
 	h.StartWall = time.Now().UTC().Format(time.RFC3339Nano)
 	h.Backend = info.Backend
+	h.Tasks, h.RingBytes = info.Tasks, info.RingBytes
 	h.Attached = info.Attached
 	for _, m := range info.Missing {
 		h.Missing = append(h.Missing, trace.Missing{Symbol: m.Symbol, Why: m.Why})

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -64,6 +66,10 @@ type Info struct {
 	AttachTime time.Duration // load and attach
 	LoadTime   time.Duration // of which loading (the verifier, CO-RE against the kernel's BTF)
 	Kernel     string        // uname -r
+	// Tasks is the number of tasks (threads) when klptop started, and
+	// RingBytes the size of the events ring it chose for them.
+	Tasks     int
+	RingBytes uint32
 	// FuncsWhy says why function stacks cannot be read here; "" when they can.
 	FuncsWhy string
 	// StatesWhy says why the snapshot cannot read the klp_state arrays of
@@ -188,6 +194,8 @@ func Open(opts Options) (*Session, error) {
 			}
 		}
 	}
+	tasks := threadCount(root)
+	ring := sizeMaps(spec, tasks)
 	coll, funcsWhy, statesWhy, rejected, err := loadCollection(spec, keep, funcsWhy, cache)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
@@ -206,7 +214,7 @@ func Open(opts Options) (*Session, error) {
 		missing = append(missing, Missing{Symbol: probeName(r.symbol, r.ret), Why: r.why})
 	}
 	s := &Session{coll: coll, syms: syms, root: root, funcsWhy: funcsWhy, warn: opts.Warn}
-	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy, LoadTime: time.Since(start)}
+	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy, LoadTime: time.Since(start), Tasks: tasks, RingBytes: ring}
 
 	attached, failed, linkFallback := s.attachAll(spec, attach, kmode, cache)
 	if cbWhy == "" {
@@ -597,4 +605,57 @@ func schedInSchedule(release string) bool {
 		return false
 	}
 	return major > 6 || major == 6 && minor >= 16
+}
+
+// A record in the events ring: struct event and the ring's 8-byte header,
+// rounded up to 8 as the kernel does.
+const ringRecord = (eventSize + 8 + 7) &^ 7
+
+// ringBytes is the events ring for tasks tasks: a sweep emits up to one
+// record per task, and a reader busy with one sweep's records may see the
+// next sweep begin: room for two records per task and some slack, as a
+// power of two (the kernel's rule), from 2 MiB up to 1 GiB.
+func ringBytes(tasks int) uint32 {
+	const lo, hi = 2 << 20, 1 << 30
+	want := uint64(2*tasks+4096) * ringRecord
+	n := uint64(lo)
+	for n < want && n < hi {
+		n <<= 1
+	}
+	return uint32(n)
+}
+
+// sizeMaps sizes the maps that hold a record per task for tasks tasks,
+// and returns the ring's size.
+func sizeMaps(spec *ebpf.CollectionSpec, tasks int) uint32 {
+	ring := ringBytes(tasks)
+	spec.Maps["events"].MaxEntries = ring
+	// Every pending task's last failed check: an evicted one asks for
+	// its stack again at every sweep.
+	if m := spec.Maps["last_checks"]; m != nil {
+		m.MaxEntries = max(m.MaxEntries, uint32(2*tasks))
+	}
+	return ring
+}
+
+// threadCount is the kernel's nr_threads, from /proc/loadavg ("1/123":
+// runnable/all); sysinfo(2) has it in 16 bits only.
+func threadCount(root string) int {
+	b, err := os.ReadFile(filepath.Join(root, "proc/loadavg"))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 4 {
+		return 0
+	}
+	_, all, ok := strings.Cut(f[3], "/")
+	if !ok {
+		return 0
+	}
+	n, err := strconv.Atoi(all)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
 }

@@ -425,3 +425,68 @@ func TestCallbackWaitsForLiveModule(t *testing.T) {
 		t.Errorf("gone module: %+v, want an error and no probe", gone)
 	}
 }
+
+func TestRingBytes(t *testing.T) {
+	for _, c := range []struct {
+		tasks int
+		want  uint32
+	}{
+		{0, 2 << 20},
+		{100, 2 << 20},
+		{1500, 2 << 20},
+		{10_000, 8 << 20},
+		{50_000, 32 << 20},
+		{100_000, 64 << 20},
+		{10_000_000, 1 << 30},
+	} {
+		got := ringBytes(c.tasks)
+		if got != c.want {
+			t.Errorf("ringBytes(%d) = %d MiB, want %d MiB", c.tasks, got>>20, c.want>>20)
+		}
+		// Two sweeps of every task fit, up to the cap.
+		if need := uint64(2*c.tasks) * ringRecord; got < 1<<30 && uint64(got) < need {
+			t.Errorf("ringBytes(%d) = %d: less than two records per task (%d)", c.tasks, got, need)
+		}
+	}
+}
+
+func TestThreadCount(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "proc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for in, want := range map[string]int{
+		"0.52 0.58 0.59 3/101234 4567\n": 101234,
+		"0.00 0.01 0.05 1/123 4567\n":    123,
+		"garbage\n":                      0,
+		"0 0 0 1-123 4\n":                0,
+	} {
+		if err := os.WriteFile(filepath.Join(dir, "proc/loadavg"), []byte(in), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := threadCount(dir); got != want {
+			t.Errorf("threadCount(%q) = %d, want %d", in, got, want)
+		}
+	}
+	if got := threadCount(filepath.Join(dir, "none")); got != 0 {
+		t.Errorf("threadCount without /proc/loadavg = %d", got)
+	}
+}
+
+func TestSizeMaps(t *testing.T) {
+	spec, err := loadKlptop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ring := sizeMaps(spec, 10_000); ring != 8<<20 || spec.Maps["events"].MaxEntries != ring {
+		t.Errorf("10,000 tasks: ring %d, events max_entries %d, want 8 MiB", ring, spec.Maps["events"].MaxEntries)
+	}
+	if n := spec.Maps["last_checks"].MaxEntries; n != 20_000 {
+		t.Errorf("10,000 tasks: last_checks max_entries %d, want 20,000", n)
+	}
+	spec, _ = loadKlptop()
+	sizeMaps(spec, 10)
+	if n := spec.Maps["last_checks"].MaxEntries; n != 8192 {
+		t.Errorf("10 tasks: last_checks max_entries %d, want the object's 8192", n)
+	}
+}

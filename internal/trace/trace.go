@@ -21,7 +21,7 @@ const Format = "klptop-trace"
 // bump only adds fields or event types, which older readers skip.
 const (
 	Major = 1
-	Minor = 6
+	Minor = 7
 )
 
 // Missing is a kernel function klptop wanted to probe and could not.
@@ -53,6 +53,10 @@ type Header struct {
 	// Fallback (1.5): with backend "fentry", the attached probe points
 	// that went on as kprobes instead, and why.
 	Fallback []Missing `json:"fallback,omitempty"`
+	// Tasks (1.7): the number of tasks when klptop started; RingBytes the
+	// size of the events ring klptop chose for them.
+	Tasks     int    `json:"tasks,omitempty"`
+	RingBytes uint32 `json:"ring_bytes,omitempty"`
 	// Command run under `klptop record -- COMMAND`, if any.
 	Command []string `json:"command,omitempty"`
 }

@@ -1,0 +1,235 @@
+//go:build guest
+
+package guest
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klptop/klptop/internal/event"
+	"github.com/klptop/klptop/internal/report"
+	"github.com/klptop/klptop/internal/state"
+)
+
+const threadsBin = "/opt/klptop-threads" // vm/guest/threads.c
+
+// scaleThreads: the extra threads of TestScale, a server's count; make
+// bench-vm asks for 50,000.
+var scaleThreads = flag.Int("klptop.threads", 10_000, "extra threads in TestScale")
+
+// TestScale: with 10,000 extra threads (-klptop.threads), klptop records a stalled patching
+// (test_klp_callbacks_busy), its unblocking and the unpatching, and loses
+// nothing: while the transition stalls, klptop's fold (internal/state, as
+// the live view and the report fold it) has every task at the
+// patch_state /proc gives it and the kernel's pending tasks as its
+// pending ones; at each completion it has no task left pending; the
+// report shows both transitions as the kernel's log does.
+func TestScale(t *testing.T) {
+	needKlptop(t)
+	cleanupDemo(t)
+	raiseThreadLimits(t, *scaleThreads)
+	holdThreads(t, *scaleThreads)
+
+	t.Setenv("SYNC", t.TempDir())
+	mark := kmsgMark(t)
+	// Not under outDir: the host needs only the figures.
+	path := filepath.Join(t.TempDir(), "scale.ndjson")
+	began := time.Now()
+	wait := startRecordTo(t, path, scenarioLib+`modprobe test_klp_callbacks_busy block_transition=Y
+modprobe test_klp_callbacks_demo
+hold unblock
+echo 0 > /sys/module/test_klp_callbacks_busy/parameters/block_transition
+settle test_klp_callbacks_demo
+echo 0 > $lp/test_klp_callbacks_demo/enabled
+gone test_klp_callbacks_demo
+rmmod test_klp_callbacks_demo test_klp_callbacks_busy
+`)
+	kw := stuckKworker(t)
+	// Two samples of the kernel's truth, each bracketed by the trace's
+	// clock: only tasks the same in both, and folded the same at both
+	// ends, are judged.
+	a0 := monoNow(t)
+	sa := procTasks()
+	a1 := monoNow(t)
+	time.Sleep(200 * time.Millisecond)
+	b0 := monoNow(t)
+	sb := procTasks()
+	b1 := monoNow(t)
+	if readAttr(demoLP+"/transition") != "1" || sa[kw] != event.StateUnpatched {
+		t.Fatalf("not stalled while sampling: transition=%s, pid %d patch_state %d", readAttr(demoLP+"/transition"), kw, sa[kw])
+	}
+	if err := os.WriteFile(filepath.Join(os.Getenv("SYNC"), "unblock"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rec := wait()
+	took := time.Since(began)
+	klog := readKmsg(t, mark)
+
+	var lost uint64
+	types := map[event.Type]int{}
+	for _, e := range rec.events {
+		types[e.Type]++
+		if e.Type == event.Lost {
+			lost += e.Count
+		}
+	}
+	t.Logf("scale: %d tasks at start, ring %d MiB, %d events (%d task, %d task_check, %d sweep_end), %d lost, recorded in %v",
+		rec.header.Tasks, rec.header.RingBytes>>20, len(rec.events), types[event.TaskSnapshot], types[event.TaskCheck], types[event.SweepEnd], lost, took.Round(time.Millisecond))
+	if rec.header.Tasks < *scaleThreads {
+		t.Errorf("header: %d tasks at start, want at least %d", rec.header.Tasks, *scaleThreads)
+	}
+	if lost != 0 {
+		t.Errorf("%d events lost", lost)
+	}
+
+	t.Run("stall_matches_proc", func(t *testing.T) {
+		at0, at1 := foldTo(rec.events, a0), foldTo(rec.events, b1)
+		judged, pendingKernel := 0, 0
+		for pid, ps := range sa {
+			if sb[pid] != ps {
+				continue // switched, gone or new between the samples
+			}
+			if ps == event.StateUnpatched {
+				pendingKernel++
+			}
+			t0, t1 := at0.Task(pid), at1.Task(pid)
+			if t0 == nil || t1 == nil || t0.PatchState != t1.PatchState {
+				continue // not yet seen at a0 (forked since), or switched while sampled
+			}
+			judged++
+			if t0.PatchState != ps {
+				t.Errorf("pid %d (%s): /proc patch_state %d, klptop's fold %d (sampled %.3fs-%.3fs)", pid, comm(pid), ps, t0.PatchState, float64(a0)/1e9, float64(a1)/1e9)
+			}
+		}
+		var pending []string
+		for _, p := range at0.Pending() {
+			pending = append(pending, fmt.Sprintf("%d (%s)", p.PID, p.Comm))
+			if ps, ok := sa[p.PID]; ok && sb[p.PID] == ps && ps != event.StateUnpatched {
+				t.Errorf("klptop's fold has pid %d (%s) pending; /proc has patch_state %d", p.PID, p.Comm, ps)
+			}
+		}
+		t.Logf("%d tasks judged of %d in /proc (second sample %.3fs-%.3fs); pending: kernel %d, klptop %v", judged, len(sa), float64(b0)/1e9, float64(b1)/1e9, pendingKernel, pending)
+		if judged < *scaleThreads {
+			t.Errorf("only %d tasks judged, want at least %d", judged, *scaleThreads)
+		}
+		if p := at0.Task(kw); p == nil || p.PatchState != event.StateUnpatched {
+			t.Errorf("klptop's fold does not have the stuck kworker %d pending: %+v", kw, p)
+		}
+	})
+
+	// A task that exited pending is no longer checked by the kernel and
+	// may stay in the fold until the next sweep's end; one still alive now
+	// must have been seen to switch.
+	t.Run("none_pending_at_completion", func(t *testing.T) {
+		alive := procTasks()
+		st := state.New()
+		n := 0
+		for _, e := range rec.events {
+			if e.Type == event.TransitionComplete && st.Transition != nil {
+				n++
+				var left []string
+				for _, p := range st.Pending() {
+					if _, ok := alive[p.PID]; ok && p.PID != 0 && comm(p.PID) == p.Comm {
+						left = append(left, fmt.Sprintf("%d (%s)", p.PID, p.Comm))
+					}
+				}
+				if len(left) > 0 {
+					t.Errorf("%s completed with %d live tasks pending in klptop's fold: %v", st.Transition.Patch, len(left), left[:min(10, len(left))])
+				}
+			}
+			st.Apply(e)
+		}
+		if n != 2 {
+			t.Errorf("%d completions, want 2", n)
+		}
+	})
+
+	t.Run("kernel_log", func(t *testing.T) { checkAgainstKernelLog(t, rec, klog) })
+
+	t.Run("report", func(t *testing.T) {
+		out, err := exec.Command(klptopBin, "report", "--json", rec.path).Output()
+		if err != nil {
+			t.Fatalf("klptop report --json: %v\n%s", err, out)
+		}
+		var r struct {
+			Transitions []report.Transition `json:"transitions"`
+		}
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, tr := range r.Transitions {
+			got = append(got, tr.Direction+" "+tr.Outcome)
+		}
+		var want []string
+		for _, l := range kernelTransitions(klog) {
+			if l.what == "complete" {
+				want = append(want, l.dir+" "+state.OutcomeComplete)
+			}
+		}
+		if strings.Join(got, ", ") != strings.Join(want, ", ") || len(want) != 2 {
+			t.Errorf("report: %v; the kernel's log: %v", got, want)
+		}
+	})
+}
+
+// foldTo is klptop's fold of evs up to time at. Events klptop derives in
+// user space may be written among the kernel's with later times: skipped,
+// not a stop.
+func foldTo(evs []event.Event, at uint64) *state.State {
+	st := state.New()
+	for _, e := range evs {
+		if e.Time <= at {
+			st.Apply(e)
+		}
+	}
+	return st
+}
+
+// raiseThreadLimits lets the guest hold n more threads: threads-max is
+// an eighth of memory over the kernel stack size (8k in 1 GiB).
+func raiseThreadLimits(t *testing.T, n int) {
+	t.Helper()
+	for _, f := range []string{"/proc/sys/kernel/threads-max", "/proc/sys/kernel/pid_max"} {
+		cur, _ := strconv.Atoi(readAttr(f))
+		if want := 4*n + 32768; cur < want {
+			writeAttr(t, f, strconv.Itoa(want))
+			t.Cleanup(func() { _ = os.WriteFile(f, []byte(strconv.Itoa(cur)), 0o644) })
+		}
+	}
+}
+
+// holdThreads starts n threads sleeping in pause() (klptop-threads) until
+// the test ends.
+func holdThreads(t *testing.T, n int) {
+	t.Helper()
+	began := time.Now()
+	cmd := exec.Command(threadsBin, strconv.Itoa(n))
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("%s: %v", threadsBin, err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != fmt.Sprintf("ready %d\n", n) {
+		t.Fatalf("%s %d: %q %v %s", threadsBin, n, line, err, stderr.String())
+	}
+	t.Logf("%d threads sleeping in pause() (pid %d), started in %v", n, cmd.Process.Pid, time.Since(began).Round(time.Millisecond))
+}
