@@ -54,3 +54,34 @@ func TestReplaceFreedByKernel(t *testing.T) {
 		t.Errorf("patch_free left %v", names(s))
 	}
 }
+
+// Hand-made events: the index by name follows every way a patch leaves
+// the stack, so that a name loaded again is the new patch, on top.
+func TestPatchIndexFollowsStack(t *testing.T) {
+	s := New()
+	for i, e := range []event.Event{
+		{Type: event.PatchSnapshot, Patch: "a", Seq: 0, Enabled: true},
+		{Type: event.PatchEnable, Patch: "b"},
+		{Type: event.PatchEnable, Patch: "c", Replace: true},
+		{Type: event.TransitionInit, Patch: "c", Target: 1},
+		{Type: event.PatchReplace, Patch: "c"},
+		{Type: event.PatchReplaced, Patch: "a"},
+		{Type: event.PatchReplaced, Patch: "b"},
+		{Type: event.TransitionComplete, Patch: "c", Target: 1},
+		{Type: event.ReplacedFree, Patch: "c"},
+		{Type: event.PatchEnable, Patch: "a"},
+		{Type: event.PatchFree, Patch: "c"},
+	} {
+		e.Time = uint64(i + 1)
+		s.Apply(e)
+	}
+	if got := names(s); len(got) != 1 || got[0] != "a" {
+		t.Fatalf("stack %v, want [a]", got)
+	}
+	if s.Patch("b") != nil || s.Patch("c") != nil {
+		t.Errorf("freed patches still found: b %v, c %v", s.Patch("b"), s.Patch("c"))
+	}
+	if p := s.Patch("a"); p != s.Patches[0] || p.ReplacedBy != "" {
+		t.Errorf("Patch(a) = %+v, want the one loaded again, on the stack", p)
+	}
+}

@@ -40,6 +40,7 @@ type State struct {
 	Now uint64
 	// Patches in stacking order, bottom first (the order of klp_patches).
 	Patches []*Patch
+	byName  map[string]*Patch // Patches by name
 	// Transition is the transition in progress, nil when the kernel is idle.
 	Transition *Transition
 	// History holds finished transitions, oldest first.
@@ -216,10 +217,7 @@ func (s *State) Task(key int) *Task { return s.Tasks[key] }
 
 // Patch returns the named patch, or nil.
 func (s *State) Patch(name string) *Patch {
-	if i := s.patchIndex(name); i >= 0 {
-		return s.Patches[i]
-	}
-	return nil
+	return s.byName[name]
 }
 
 // Key is the key of e's subject task in State.Tasks.
@@ -333,7 +331,7 @@ func (s *State) Apply(e event.Event) {
 			p.NopsDiscarded = true
 		}
 	case event.ReplacedFree:
-		s.Patches = slices.DeleteFunc(s.Patches, func(p *Patch) bool { return e.Patch != "" && p.ReplacedBy == e.Patch })
+		s.setPatches(slices.DeleteFunc(s.Patches, func(p *Patch) bool { return e.Patch != "" && p.ReplacedBy == e.Patch }))
 	case event.PatchFree:
 		s.removePatch(e.Patch)
 	case event.Callback:
@@ -349,8 +347,31 @@ func (s *State) Apply(e event.Event) {
 	}
 }
 
-func (s *State) patchIndex(name string) int {
-	return slices.IndexFunc(s.Patches, func(p *Patch) bool { return p.Name == name })
+// patchIndex is p's position in the stack, or -1. Patches on top are
+// the ones events name, so the search starts there.
+func (s *State) patchIndex(p *Patch) int {
+	for i := len(s.Patches) - 1; i >= 0; i-- {
+		if s.Patches[i] == p {
+			return i
+		}
+	}
+	return -1
+}
+
+// setPatches replaces the stack and reindexes it by name.
+func (s *State) setPatches(ps []*Patch) {
+	s.Patches = ps
+	clear(s.byName)
+	s.index(ps...)
+}
+
+func (s *State) index(ps ...*Patch) {
+	if s.byName == nil {
+		s.byName = make(map[string]*Patch, len(ps))
+	}
+	for _, p := range ps {
+		s.byName[p.Name] = p
+	}
 }
 
 // ensurePatch returns the named patch, pushing it on top of the stack if new
@@ -361,12 +382,14 @@ func (s *State) ensurePatch(name string) *Patch {
 	}
 	p := &Patch{Name: name}
 	s.Patches = append(s.Patches, p)
+	s.index(p)
 	return p
 }
 
 func (s *State) removePatch(name string) {
-	if i := s.patchIndex(name); i >= 0 {
-		s.Patches = slices.Delete(s.Patches, i, i+1)
+	if p := s.Patch(name); p != nil {
+		s.Patches = slices.Delete(s.Patches, s.patchIndex(p), s.patchIndex(p)+1)
+		delete(s.byName, name)
 	}
 }
 
@@ -447,6 +470,7 @@ func (s *State) patchSnapshot(e event.Event) {
 		// but insert by position so that they need not.
 		i := min(max(e.Seq, 0), len(s.Patches))
 		s.Patches = slices.Insert(s.Patches, i, p)
+		s.index(p)
 	}
 	p.Enabled, p.Replace, p.InTransition = e.Enabled, e.Replace, e.InTransition
 	if e.InTransition && s.Transition == nil {
@@ -701,7 +725,7 @@ func (s *State) finish(e event.Event, cancelled bool) {
 			// other patch. Those the kernel named (patch_replaced) leave
 			// when it says it frees them (replaced_free); the others, in a
 			// trace without those events, now.
-			s.Patches = slices.DeleteFunc(s.Patches, func(o *Patch) bool { return o != p && o.ReplacedBy != p.Name })
+			s.setPatches(slices.DeleteFunc(s.Patches, func(o *Patch) bool { return o != p && o.ReplacedBy != p.Name }))
 			s.replacing = ""
 		}
 	}

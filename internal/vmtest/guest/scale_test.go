@@ -196,12 +196,14 @@ func foldTo(evs []event.Event, at uint64) *state.State {
 }
 
 // raiseThreadLimits lets the guest hold n more threads: threads-max is
-// an eighth of memory over the kernel stack size (8k in 1 GiB).
+// an eighth of memory over the kernel stack size (8k in 1 GiB), and each
+// thread's stack and guard page are two of a process's max_map_count
+// mappings (65,530: 32k threads).
 func raiseThreadLimits(t *testing.T, n int) {
 	t.Helper()
-	for _, f := range []string{"/proc/sys/kernel/threads-max", "/proc/sys/kernel/pid_max"} {
+	for _, f := range []string{"/proc/sys/kernel/threads-max", "/proc/sys/kernel/pid_max", "/proc/sys/vm/max_map_count"} {
 		cur, _ := strconv.Atoi(readAttr(f))
-		if want := 4*n + 32768; cur < want {
+		if want := 4*n + 65536; cur < want {
 			writeAttr(t, f, strconv.Itoa(want))
 			t.Cleanup(func() { _ = os.WriteFile(f, []byte(strconv.Itoa(cur)), 0o644) })
 		}
