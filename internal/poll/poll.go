@@ -77,8 +77,12 @@ type Poller struct {
 	enabledOnce map[string]bool
 	// logged: completions the kernel log reported, "patch/direction".
 	logged map[string]bool
-	tr     *transition
-	tasks  map[int]*task
+	// next: the direction of a patch's next transition, when a poll
+	// ended one by the log while sysfs still showed it (read before the
+	// completion): if the next poll finds one, it is this way.
+	next  map[string]int
+	tr    *transition
+	tasks map[int]*task
 	// Log, if set, returns the kernel log messages since its previous call
 	// (OpenKmsg); without it a flip of "enabled" mid-transition is taken
 	// for a reverse.
@@ -201,6 +205,8 @@ func (p *Poller) Poll() ([]event.Event, error) {
 	for _, pt := range ps {
 		old, seen := p.patches[pt.Name]
 		p.patches[pt.Name] = pt
+		next, hasNext := p.next[pt.Name]
+		delete(p.next, pt.Name)
 		if !seen {
 			ev(event.Event{Type: event.PatchEnable, Patch: pt.Name, Replace: pt.Replace, Target: event.StatePatched})
 		}
@@ -226,7 +232,16 @@ func (p *Poller) Poll() ([]event.Event, error) {
 				patched = pt.Name
 			}
 			p.complete(ev)
-			if pt.Transition || target != was {
+			switch {
+			case pt.Transition && target == was:
+				// sysfs, read first, may still show the transition
+				// the log says ended since: a new one shows at the
+				// next poll.
+				if p.next == nil {
+					p.next = map[string]int{}
+				}
+				p.next[pt.Name] = 1 - was
+			case pt.Transition || target != was:
 				p.begin(ev, pt.Name, 1-was, pt.Replace)
 				if !pt.Transition {
 					p.complete(ev)
@@ -253,6 +268,9 @@ func (p *Poller) Poll() ([]event.Event, error) {
 				// Fully patched at the last poll: this can only be its
 				// unpatching, before "enabled" flips.
 				target = event.StateUnpatched
+			}
+			if hasNext {
+				target = next // a patch's transitions alternate
 			}
 			p.begin(ev, pt.Name, target, pt.Replace)
 		case !seen && pt.Enabled, seen && !old.Enabled && pt.Enabled:

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -479,5 +480,48 @@ func TestSwitchedThenCompletedMidPoll(t *testing.T) {
 	}
 	if strings.Join(got, ",") != "task_switch 22->1 poll,task_switch 22->-1 poll" {
 		t.Errorf("kworker 22: %v, want its switch to the target, then the reset", got)
+	}
+}
+
+// TestCompletionLoggedAfterSysfsRead: the poll reads sysfs, then the log.
+// A patching that completes between the two shows "transition" 1 and the
+// log's completion in the same poll: it is one transition that completed,
+// not a completion, a new unpatching and a reverse (seen in a guest: the
+// live view said "reversed" of a patching that completed). A transition
+// that does follow shows at the next poll, the other way.
+func TestCompletionLoggedAfterSysfsRead(t *testing.T) {
+	for _, then := range []string{"idle", "unpatching"} {
+		h := newHandMade(t)
+		h.patch("p", true, true, "vmlinux:f")
+		h.setState(22, 22, 0)
+		p := h.poller()
+		var log []string
+		p.Log = func() []string { l := log; log = nil; return l }
+		if _, err := p.Snapshot(); err != nil {
+			t.Fatal(err)
+		}
+		h.setState(22, 22, 1)
+		log = []string{"livepatch: 'p': patching complete"}
+		got := short(mustPoll(t, p))
+		if slices.Contains(got, "transition_init p/0") || !slices.Contains(got, "transition_complete p") {
+			t.Errorf("%s, completion logged after the sysfs read: %v; want p's patching complete and nothing begun", then, got)
+		}
+		// The kernel resets every task once the transition completed.
+		for _, x := range [][2]int{{1, 1}, {22, 22}, {100, 100}, {100, 101}} {
+			h.setState(x[0], x[1], -1)
+		}
+		if then == "unpatching" {
+			// A new transition, before "enabled" flips.
+			for _, x := range [][2]int{{1, 1}, {22, 22}, {100, 100}, {100, 101}} {
+				h.setState(x[0], x[1], 1)
+			}
+			got = short(mustPoll(t, p))
+			if !slices.Contains(got, "transition_init p/0") || slices.Contains(got, "transition_reverse p/1") {
+				t.Errorf("unpatching after it: %v; want it begun as an unpatching", got)
+			}
+			continue
+		}
+		h.patch("p", true, false)
+		expect(t, then, mustPoll(t, p))
 	}
 }
