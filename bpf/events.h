@@ -41,6 +41,8 @@ enum klptop_event_type {
 	EV_CALLBACKS,
 	/* A callback returned: id its address, func "symbol [module]", patch the object, duration, ret, version its kind + 1 when bracketed. */
 	EV_CALLBACK,
+	/* release_task() returned: the subject task left the thread list during a transition. */
+	EV_TASK_EXIT,
 };
 
 enum klptop_path {

@@ -639,6 +639,72 @@ int BPF_PROG(fentry_klp_copy_process, struct task_struct *child)
 	return copy_process(child);
 }
 
+/*
+ * release_task(): a task leaves the thread list (__unhash_process) under
+ * tasklist_lock, which every sweep holds for reading. Its return comes
+ * after any check of the task, so the event orders after every check in
+ * the ring. Only during a transition (a patch_state other than idle), and
+ * read at entry: the task_struct may be freed by the return.
+ */
+struct exit_rec {
+	__u32 pid;
+	__u32 tgid;
+	__s32 patch_state;
+	char comm[KLPTOP_COMM_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); /* current task_struct: the releasing task */
+	__type(value, struct exit_rec);
+} release_stash SEC(".maps");
+
+static __always_inline int release_entry(struct task_struct *p)
+{
+	int st = task_patch_state(p);
+	if (st < 0)
+		return 0;
+	struct exit_rec r = { .patch_state = st };
+	r.pid = BPF_CORE_READ(p, pid);
+	r.tgid = BPF_CORE_READ(p, tgid);
+	BPF_CORE_READ_STR_INTO(&r.comm, p, comm);
+	__u64 key = bpf_get_current_task();
+	bpf_map_update_elem(&release_stash, &key, &r, BPF_ANY);
+	return 0;
+}
+
+SEC("kprobe/release_task")
+int BPF_KPROBE(task_release, struct task_struct *p)
+{
+	return release_entry(p);
+}
+
+SEC("fentry/release_task")
+int BPF_PROG(fentry_task_release, struct task_struct *p)
+{
+	return release_entry(p);
+}
+
+SEC("kretprobe/release_task")
+int BPF_KRETPROBE(task_release_ret)
+{
+	__u64 key = bpf_get_current_task();
+	struct exit_rec *r = bpf_map_lookup_elem(&release_stash, &key);
+	if (!r)
+		return 0;
+	struct event *e = reserve(EV_TASK_EXIT);
+	if (e) {
+		e->pid = r->pid;
+		e->tgid = r->tgid;
+		e->patch_state = r->patch_state;
+		__builtin_memcpy(e->comm, r->comm, sizeof(e->comm));
+		bpf_ringbuf_submit(e, 0);
+	}
+	bpf_map_delete_elem(&release_stash, &key);
+	return 0;
+}
+
 /* Scratch for the iterator's record: too big for the 512-byte BPF stack. */
 struct task_out {
 	struct task_rec rec;

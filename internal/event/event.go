@@ -106,6 +106,12 @@ const (
 	// steps around it (klp_init_transition or the previous object's
 	// klp_patch_object, to the next klp_patch_object or the cancel).
 	Callback Type = "callback"
+
+	// TaskExit (1.8): release_task() took the subject task off the kernel's
+	// thread list during a transition; no sweep checks it again.
+	// PatchState is its state then. Tasks released outside a transition
+	// are not reported.
+	TaskExit Type = "task_exit"
 )
 
 // CallbacksPoint is how a trace header's attached list says the callbacks
@@ -154,6 +160,8 @@ const (
 	PathFork  = "fork"  // klp_copy_process(): a new task inherits its parent's state
 	PathSweep = "sweep" // klp_check_and_switch_task() from a sweep
 	PathForce = "force" // klp_force_transition()
+	// PathExit: a blocked task left by exiting (TaskExit), not by switching.
+	PathExit = "exit"
 	// PathSched: a task checked itself outside a sweep, by a scheduler
 	// path klptop could not tell apart (__klp_sched_try_switch() not
 	// traceable, or traces before format 1.4).
@@ -307,7 +315,7 @@ var known = map[Type]bool{
 	Lost: true, FuncStack: true, Signal: true, KlpState: true, Shadow: true,
 	ModuleComing: true, ModuleGoing: true, ModuleApply: true, ModuleRevert: true,
 	PatchReplace: true, PatchReplaced: true, NopsDiscard: true, ReplacedFree: true,
-	PatchFree: true, Callback: true,
+	PatchFree: true, Callback: true, TaskExit: true,
 }
 
 // Known reports whether t is a type this version of klptop understands.

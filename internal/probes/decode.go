@@ -53,6 +53,7 @@ var eventTypes = [...]event.Type{
 	23: event.ReplacedFree,
 	24: callbacksSeen,
 	25: event.Callback,
+	26: event.TaskExit,
 }
 
 // enum klptop_callback: the order of cb[] in EV_CALLBACKS.

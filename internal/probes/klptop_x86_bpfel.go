@@ -42,6 +42,14 @@ type klptopCheckArgs struct {
 	Oldname uint64
 }
 
+type klptopExitRec struct {
+	_          structs.HostLayout
+	Pid        uint32
+	Tgid       uint32
+	PatchState int32
+	Comm       [16]int8
+}
+
 type klptopFuncRec struct {
 	_          structs.HostLayout
 	Func       uint64
@@ -130,6 +138,7 @@ const (
 	klptopMapIterScratch                        = "iter_scratch"
 	klptopMapLastChecks                         = "last_checks"
 	klptopMapLost                               = "lost"
+	klptopMapReleaseStash                       = "release_stash"
 	klptopMapShadowCounts                       = "shadow_counts"
 	klptopMapShadowStash                        = "shadow_stash"
 	klptopMapStateRecs                          = "state_recs"
@@ -177,6 +186,7 @@ const (
 	klptopProgFentryShadowFree                  = "fentry_shadow_free"
 	klptopProgFentryShadowFreeAll               = "fentry_shadow_free_all"
 	klptopProgFentryShadowGetOrAlloc            = "fentry_shadow_get_or_alloc"
+	klptopProgFentryTaskRelease                 = "fentry_task_release"
 	klptopProgFuncsChangedKlpCancelTransition   = "funcs_changed_klp_cancel_transition"
 	klptopProgFuncsChangedKlpCompleteTransition = "funcs_changed_klp_complete_transition"
 	klptopProgFuncsChangedKlpDiscardNops        = "funcs_changed_klp_discard_nops"
@@ -223,6 +233,8 @@ const (
 	klptopProgSnapshotFuncs                     = "snapshot_funcs"
 	klptopProgSnapshotStates                    = "snapshot_states"
 	klptopProgSnapshotTasks                     = "snapshot_tasks"
+	klptopProgTaskRelease                       = "task_release"
+	klptopProgTaskReleaseRet                    = "task_release_ret"
 	klptopVarCbPatch                            = "cb_patch"
 	klptopVarCurPatch                           = "cur_patch"
 	klptopVarCurTarget                          = "cur_target"
@@ -329,6 +341,7 @@ type klptopProgramSpecs struct {
 	FentryShadowFree                  *ebpf.ProgramSpec `ebpf:"fentry_shadow_free"`
 	FentryShadowFreeAll               *ebpf.ProgramSpec `ebpf:"fentry_shadow_free_all"`
 	FentryShadowGetOrAlloc            *ebpf.ProgramSpec `ebpf:"fentry_shadow_get_or_alloc"`
+	FentryTaskRelease                 *ebpf.ProgramSpec `ebpf:"fentry_task_release"`
 	FuncsChangedKlpCancelTransition   *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_cancel_transition"`
 	FuncsChangedKlpCompleteTransition *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_complete_transition"`
 	FuncsChangedKlpDiscardNops        *ebpf.ProgramSpec `ebpf:"funcs_changed_klp_discard_nops"`
@@ -375,6 +388,8 @@ type klptopProgramSpecs struct {
 	SnapshotFuncs                     *ebpf.ProgramSpec `ebpf:"snapshot_funcs"`
 	SnapshotStates                    *ebpf.ProgramSpec `ebpf:"snapshot_states"`
 	SnapshotTasks                     *ebpf.ProgramSpec `ebpf:"snapshot_tasks"`
+	TaskRelease                       *ebpf.ProgramSpec `ebpf:"task_release"`
+	TaskReleaseRet                    *ebpf.ProgramSpec `ebpf:"task_release_ret"`
 }
 
 // klptopMapSpecs contains maps before they are loaded into the kernel.
@@ -391,6 +406,7 @@ type klptopMapSpecs struct {
 	IterScratch  *ebpf.MapSpec `ebpf:"iter_scratch"`
 	LastChecks   *ebpf.MapSpec `ebpf:"last_checks"`
 	Lost         *ebpf.MapSpec `ebpf:"lost"`
+	ReleaseStash *ebpf.MapSpec `ebpf:"release_stash"`
 	ShadowCounts *ebpf.MapSpec `ebpf:"shadow_counts"`
 	ShadowStash  *ebpf.MapSpec `ebpf:"shadow_stash"`
 	StateRecs    *ebpf.MapSpec `ebpf:"state_recs"`
@@ -454,6 +470,7 @@ type klptopMaps struct {
 	IterScratch  *ebpf.Map `ebpf:"iter_scratch"`
 	LastChecks   *ebpf.Map `ebpf:"last_checks"`
 	Lost         *ebpf.Map `ebpf:"lost"`
+	ReleaseStash *ebpf.Map `ebpf:"release_stash"`
 	ShadowCounts *ebpf.Map `ebpf:"shadow_counts"`
 	ShadowStash  *ebpf.Map `ebpf:"shadow_stash"`
 	StateRecs    *ebpf.Map `ebpf:"state_recs"`
@@ -473,6 +490,7 @@ func (m *klptopMaps) Close() error {
 		m.IterScratch,
 		m.LastChecks,
 		m.Lost,
+		m.ReleaseStash,
 		m.ShadowCounts,
 		m.ShadowStash,
 		m.StateRecs,
@@ -553,6 +571,7 @@ type klptopPrograms struct {
 	FentryShadowFree                  *ebpf.Program `ebpf:"fentry_shadow_free"`
 	FentryShadowFreeAll               *ebpf.Program `ebpf:"fentry_shadow_free_all"`
 	FentryShadowGetOrAlloc            *ebpf.Program `ebpf:"fentry_shadow_get_or_alloc"`
+	FentryTaskRelease                 *ebpf.Program `ebpf:"fentry_task_release"`
 	FuncsChangedKlpCancelTransition   *ebpf.Program `ebpf:"funcs_changed_klp_cancel_transition"`
 	FuncsChangedKlpCompleteTransition *ebpf.Program `ebpf:"funcs_changed_klp_complete_transition"`
 	FuncsChangedKlpDiscardNops        *ebpf.Program `ebpf:"funcs_changed_klp_discard_nops"`
@@ -599,6 +618,8 @@ type klptopPrograms struct {
 	SnapshotFuncs                     *ebpf.Program `ebpf:"snapshot_funcs"`
 	SnapshotStates                    *ebpf.Program `ebpf:"snapshot_states"`
 	SnapshotTasks                     *ebpf.Program `ebpf:"snapshot_tasks"`
+	TaskRelease                       *ebpf.Program `ebpf:"task_release"`
+	TaskReleaseRet                    *ebpf.Program `ebpf:"task_release_ret"`
 }
 
 func (p *klptopPrograms) Close() error {
@@ -645,6 +666,7 @@ func (p *klptopPrograms) Close() error {
 		p.FentryShadowFree,
 		p.FentryShadowFreeAll,
 		p.FentryShadowGetOrAlloc,
+		p.FentryTaskRelease,
 		p.FuncsChangedKlpCancelTransition,
 		p.FuncsChangedKlpCompleteTransition,
 		p.FuncsChangedKlpDiscardNops,
@@ -691,6 +713,8 @@ func (p *klptopPrograms) Close() error {
 		p.SnapshotFuncs,
 		p.SnapshotStates,
 		p.SnapshotTasks,
+		p.TaskRelease,
+		p.TaskReleaseRet,
 	)
 }
 

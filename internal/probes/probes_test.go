@@ -37,6 +37,7 @@ klp_shadow_get_or_alloc
 klp_shadow_free
 klp_shadow_free_all
 wake_up_state
+release_task
 some_module_func [some_module]
 `
 
@@ -59,6 +60,8 @@ func TestPlan(t *testing.T) {
 		"klp_check_and_switch_task_ret":   {"klp_check_and_switch_task"},
 		"klp_copy_process":                {"klp_copy_process"},
 		"klp_signal":                      {"wake_up_state"},
+		"task_release":                    {"release_task"},
+		"task_release_ret":                {"release_task"},
 		"shadow_alloc":                    {"klp_shadow_alloc"},
 		"shadow_alloc_ret":                {"klp_shadow_alloc"},
 		"shadow_get_or_alloc":             {"klp_shadow_get_or_alloc"},

@@ -45,6 +45,10 @@ var probes = []probe{
 	{prog: "klp_update_patch_state", symbol: "klp_update_patch_state", args: true, pair: "klp_update_patch_state_ret"},
 	{prog: "klp_update_patch_state_ret", symbol: "klp_update_patch_state", ret: true, args: true, pair: "klp_update_patch_state"},
 	{prog: "klp_copy_process", symbol: "klp_copy_process", args: true},
+	// Tasks leaving the thread list; on every exit, the programs return at
+	// once outside a transition.
+	{prog: "task_release", symbol: "release_task", args: true, pair: "task_release_ret"},
+	{prog: "task_release_ret", symbol: "release_task", ret: true, args: true, pair: "task_release"},
 	// 6.4+: marks the checks a task makes of itself from the scheduler.
 	{prog: "klp_sched_try_switch", symbol: event.SchedTrySwitchProbe, pair: "klp_sched_try_switch_ret"},
 	{prog: "klp_sched_try_switch_ret", symbol: event.SchedTrySwitchProbe, ret: true, pair: "klp_sched_try_switch"},

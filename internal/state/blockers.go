@@ -144,6 +144,10 @@ func (k *Tracker) Apply(e event.Event) *Ended {
 		}
 	case event.TransitionForce:
 		k.closeAll(now, event.PathForce)
+	case event.TaskExit:
+		if b := k.blockers[Key(e)]; b != nil {
+			k.switched(b, now, event.PathExit)
+		}
 	case event.Signal:
 		// The kernel signals only tasks that failed a check in this very
 		// sweep, so the blocker exists unless that check was lost.

@@ -298,6 +298,8 @@ func (s *State) Apply(e event.Event) {
 		s.taskCheck(e)
 	case event.TaskSwitch:
 		s.taskSwitch(e)
+	case event.TaskExit:
+		s.taskExit(e)
 	case event.TransitionForce:
 		s.force(e)
 	case event.TransitionReverse:
@@ -607,7 +609,7 @@ func (s *State) taskCheck(e event.Event) {
 // dropUnchecked forgets the tasks a whole sweep did not check although we
 // hold them pending. klp_try_complete_transition walks every thread and calls
 // klp_check_and_switch_task for each one not yet at the target, so such a
-// task has exited (no probe sees exits) or switched where klptop could not
+// task has exited unseen (release_task not probed, or its return missed) or switched where klptop could not
 // see it; either way it does not block the transition. Not after lost events:
 // then the missing check may be what was lost.
 func (s *State) dropUnchecked() {
@@ -620,6 +622,16 @@ func (s *State) dropUnchecked() {
 			s.setState(t, event.StateIdle, s.Now)
 			delete(s.Tasks, k)
 		}
+	}
+}
+
+// taskExit forgets a task the kernel took off its thread list: no sweep
+// checks it again, so it neither blocks nor counts.
+func (s *State) taskExit(e event.Event) {
+	k := Key(e)
+	if t := s.Tasks[k]; t != nil {
+		s.setState(t, event.StateIdle, e.Time)
+		delete(s.Tasks, k)
 	}
 }
 
@@ -704,6 +716,10 @@ func (s *State) finish(e event.Event, cancelled bool) {
 	default:
 		tr.Outcome = OutcomeComplete
 	}
+	// The sweep that completes a transition calls klp_complete_transition
+	// before it returns: it has checked every pending task, so one it did
+	// not check is gone, as at a sweep's end.
+	s.dropUnchecked()
 	// Freeze the counters as they were at the end, then idle every task as
 	// klp_complete_transition does.
 	if !cancelled {

@@ -586,3 +586,109 @@ func TestChurnBounded(t *testing.T) {
 	}
 	t.Logf("at most %d tasks, %d at the end", most, len(s.Tasks))
 }
+
+// Hand-made: a pending task and a blocked one exit during a stall
+// (release_task, TaskExit). Neither is pending or counted any more, and the
+// blocker's story ends in its exit, not in a switch.
+func TestExitForgetsTask(t *testing.T) {
+	k := NewTracker()
+	for _, e := range idleSnapshot() {
+		k.Apply(e)
+	}
+	s := k.S
+	k.Apply(initTr(10*sec, "p", 1))
+	k.Apply(ev(10*sec, event.SweepStart))
+	k.Apply(check(10*sec+1, 1, "systemd", event.ReasonSwitched, ""))
+	k.Apply(check(10*sec+2, 42, "kworker/0:1", event.ReasonSleeping, "busymod_work_func"))
+	k.Apply(check(10*sec+3, 100, "bash", event.ReasonSwitched, ""))
+	k.Apply(ev(10*sec+4, event.SweepEnd))
+	k.Apply(sw(11*sec, 500, "bash", 0, event.PathFork))
+	if tr := s.Transition; tr.Total != 4 || len(s.Pending()) != 2 {
+		t.Fatalf("before the exits: total %d, pending %d; want 4, 2", tr.Total, len(s.Pending()))
+	}
+	k.Apply(event.Event{Time: 12 * sec, Type: event.TaskExit, PID: 500, Comm: "bash", PatchState: 0})
+	k.Apply(event.Event{Time: 13 * sec, Type: event.TaskExit, PID: 42, Comm: "kworker/0:1", PatchState: 0})
+	checkInvariants(t, s, 0)
+	if tr := s.Transition; tr.Total != 2 || tr.Switched != 2 || len(s.Pending()) != 0 || s.Task(42) != nil || s.Task(500) != nil {
+		t.Fatalf("after the exits: total %d, switched %d, pending %d; want 2, 2, 0", tr.Total, tr.Switched, len(s.Pending()))
+	}
+	ended := k.Apply(ev(14*sec, event.TransitionComplete))
+	if ended == nil || len(ended.Blockers) != 1 {
+		t.Fatalf("ended %+v, want one blocker", ended)
+	}
+	b := ended.Blockers[0]
+	if b.PID != 42 || b.SwitchPath != event.PathExit || b.SwitchedAt != 13*sec || b.Blocked != 3*sec {
+		t.Errorf("blocker %+v: want pid 42 gone by exit at 13s after 3s blocked", b)
+	}
+	if h := s.Last(); h.Total != 2 || len(s.Tasks) != 2 {
+		t.Errorf("after the transition: %d tasks in it, %d kept; want 2, 2", h.Total, len(s.Tasks))
+	}
+}
+
+// Hand-made churn as the kernel reports it: 50 transitions, each with
+// 1,000 forks that exit (TaskExit) before the next sweep. The state holds
+// the live tasks and at most the one fork alive at a time, and the count of
+// tasks in the transition stays right throughout.
+func TestChurnExact(t *testing.T) {
+	s := New()
+	for _, e := range idleSnapshot() {
+		s.Apply(e)
+	}
+	now := uint64(10 * sec)
+	pid := 1000
+	most := 0
+	for n := range 50 {
+		target := 1 - n%2
+		s.Apply(initTr(now, "p", target))
+		s.Apply(ev(now, event.SweepStart))
+		for _, p := range []int{1, 42, 100} {
+			s.Apply(check(now, p, "", event.ReasonSleeping, "f"))
+		}
+		s.Apply(event.Event{Time: now, Type: event.SweepEnd})
+		for i := range 1000 {
+			pid++
+			s.Apply(sw(now+uint64(i), pid, "short", 1-target, event.PathFork))
+			most = max(most, len(s.Tasks))
+			s.Apply(event.Event{Time: now + uint64(i), Type: event.TaskExit, PID: pid, Comm: "short", PatchState: 1 - target})
+		}
+		if tr := s.Transition; tr.Total != 3 || len(s.Pending()) != 3 {
+			t.Fatalf("transition %d: total %d, pending %d after the churn; want 3, 3", n, tr.Total, len(s.Pending()))
+		}
+		now += sec
+		s.Apply(ev(now, event.SweepStart))
+		for _, p := range []int{1, 42, 100} {
+			s.Apply(check(now, p, "", event.ReasonSwitched, ""))
+		}
+		s.Apply(ev(now, event.TransitionComplete))
+		s.Apply(event.Event{Time: now, Type: event.SweepEnd})
+		checkInvariants(t, s, n)
+		if h := s.Last(); h.Total != 3 {
+			t.Fatalf("transition %d ended with %d tasks, want 3", n, h.Total)
+		}
+		now += sec
+	}
+	if most > 4 {
+		t.Errorf("the state held %d tasks at most; live: 3 and one fork", most)
+	}
+}
+
+// Hand-made: the sweep that completes a transition calls
+// klp_complete_transition before it returns, so its end comes after the
+// completion. A task held pending that this sweep did not check (it exited
+// unseen, before klptop's exit probe or between transitions) is not
+// counted in the finished transition.
+func TestCompletingSweepDropsUnchecked(t *testing.T) {
+	s := New()
+	for _, e := range idleSnapshot() {
+		s.Apply(e)
+	}
+	s.Apply(initTr(10*sec, "p", 1))
+	s.Apply(ev(10*sec, event.SweepStart))
+	s.Apply(check(10*sec+1, 1, "systemd", event.ReasonSwitched, ""))
+	s.Apply(check(10*sec+2, 42, "kworker/0:1", event.ReasonSwitched, ""))
+	s.Apply(ev(10*sec+3, event.TransitionComplete))
+	s.Apply(ev(10*sec+4, event.SweepEnd))
+	if h := s.Last(); h == nil || h.Total != 2 || h.Switched != 2 || s.Task(100) != nil {
+		t.Fatalf("last %+v, bash %+v: want 2 tasks, bash gone", h, s.Task(100))
+	}
+}

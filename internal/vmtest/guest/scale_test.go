@@ -54,6 +54,9 @@ gone test_klp_callbacks_demo
 rmmod test_klp_callbacks_demo test_klp_callbacks_busy
 `)
 	kw := stuckKworker(t)
+	// Short-lived tasks during the stall: each is reaped (release_task)
+	// before Wait returns, so before the samples below.
+	churn := forkChurn(t, 1000)
 	// Two samples of the kernel's truth, each bracketed by the trace's
 	// clock: only tasks the same in both, and folded the same at both
 	// ends, are judged.
@@ -82,8 +85,8 @@ rmmod test_klp_callbacks_demo test_klp_callbacks_busy
 			lost += e.Count
 		}
 	}
-	t.Logf("scale: %d tasks at start, ring %d MiB, %d events (%d task, %d task_check, %d sweep_end), %d lost, recorded in %v",
-		rec.header.Tasks, rec.header.RingBytes>>20, len(rec.events), types[event.TaskSnapshot], types[event.TaskCheck], types[event.SweepEnd], lost, took.Round(time.Millisecond))
+	t.Logf("scale: %d tasks at start, ring %d MiB, %d events (%d task, %d task_check, %d sweep_end, %d task_exit), %d lost, recorded in %v",
+		rec.header.Tasks, rec.header.RingBytes>>20, len(rec.events), types[event.TaskSnapshot], types[event.TaskCheck], types[event.SweepEnd], types[event.TaskExit], lost, took.Round(time.Millisecond))
 	if rec.header.Tasks < *scaleThreads {
 		t.Errorf("header: %d tasks at start, want at least %d", rec.header.Tasks, *scaleThreads)
 	}
@@ -123,6 +126,37 @@ rmmod test_klp_callbacks_demo test_klp_callbacks_busy
 		}
 		if p := at0.Task(kw); p == nil || p.PatchState != event.StateUnpatched {
 			t.Errorf("klptop's fold does not have the stuck kworker %d pending: %+v", kw, p)
+		}
+	})
+
+	// The churn's tasks were forked and reaped during the stall: each has
+	// its exit in the trace, and none is in the fold after it (a pid the
+	// kernel gave again to a task alive at a sample aside).
+	t.Run("exits_forgotten", func(t *testing.T) {
+		exited := map[int]bool{}
+		for _, e := range rec.events {
+			if e.Type == event.TaskExit && e.Time <= a0 {
+				exited[e.PID] = true
+			}
+		}
+		at0 := foldTo(rec.events, a0)
+		var noExit, kept []int
+		for _, pid := range churn {
+			if !exited[pid] {
+				noExit = append(noExit, pid)
+			}
+			_, inA := sa[pid]
+			_, inB := sb[pid]
+			if at0.Task(pid) != nil && !inA && !inB {
+				kept = append(kept, pid)
+			}
+		}
+		t.Logf("%d short-lived tasks: %d exits recorded before the sample, %d tasks in klptop's fold then", len(churn), len(churn)-len(noExit), len(at0.Tasks))
+		if len(noExit) > 0 {
+			t.Errorf("%d of %d reaped tasks have no task_exit before %.3fs: %v", len(noExit), len(churn), float64(a0)/1e9, noExit[:min(10, len(noExit))])
+		}
+		if len(kept) > 0 {
+			t.Errorf("%d reaped tasks still in klptop's fold: %v", len(kept), kept[:min(10, len(kept))])
 		}
 	})
 
@@ -180,6 +214,21 @@ rmmod test_klp_callbacks_demo test_klp_callbacks_busy
 			t.Errorf("report: %v; the kernel's log: %v", got, want)
 		}
 	})
+}
+
+// forkChurn runs n short-lived processes one after another and returns
+// their pids; each is reaped when it returns.
+func forkChurn(t *testing.T, n int) []int {
+	t.Helper()
+	pids := make([]int, 0, n)
+	for range n {
+		c := exec.Command("/bin/true")
+		if err := c.Run(); err != nil {
+			t.Fatalf("churn: %v", err)
+		}
+		pids = append(pids, c.Process.Pid)
+	}
+	return pids
 }
 
 // foldTo is klptop's fold of evs up to time at. Events klptop derives in
