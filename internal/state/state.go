@@ -609,9 +609,10 @@ func (s *State) taskCheck(e event.Event) {
 // dropUnchecked forgets the tasks a whole sweep did not check although we
 // hold them pending. klp_try_complete_transition walks every thread and calls
 // klp_check_and_switch_task for each one not yet at the target, so such a
-// task has exited unseen (release_task not probed, or its return missed) or switched where klptop could not
-// see it; either way it does not block the transition. Not after lost events:
-// then the missing check may be what was lost.
+// task has exited unseen (release_task not probed, or its return missed)
+// or switched where klptop could not see it; either way it does not block
+// the transition. Not after lost events: then the missing check may be
+// what was lost.
 func (s *State) dropUnchecked() {
 	tr := s.Transition
 	if tr == nil || s.sweepChecked == nil || s.Lost != s.lostAtSweep {
