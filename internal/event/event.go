@@ -49,8 +49,16 @@ const (
 	TaskSnapshot Type = "task"
 	// SnapshotEnd marks the end of the start-up snapshot.
 	SnapshotEnd Type = "snapshot_end"
-	// Lost: the kernel dropped Count events (ring buffer full).
+	// Lost: Count events were lost, for Reason (a Lost* cause), in the
+	// Duration ns before Time; Func, for a probe's missed runs, is the
+	// probed function. A Resync follows.
 	Lost Type = "lost"
+	// Resync (1.9): after a loss, the snapshot events up to the next
+	// SnapshotEnd (patches, their klp_states, every task, the func stacks)
+	// are the kernel as it is now, replacing what the lost events would
+	// have told: tasks and patches not in it are gone, a transition it
+	// does not show has ended. Count is the events lost since the last one.
+	Resync Type = "resync"
 	// FuncStack (1.1): one patched function's klp_ops func_stack: Func is the
 	// old function, Object "vmlinux" or the module it lives in, Versions the
 	// stack newest first. Sent in the snapshot and whenever a stack changes;
@@ -162,6 +170,9 @@ const (
 	PathForce = "force" // klp_force_transition()
 	// PathExit: a blocked task left by exiting (TaskExit), not by switching.
 	PathExit = "exit"
+	// PathResync: the task switched while events were lost; a Resync
+	// found it at the target.
+	PathResync = "resync"
 	// PathSched: a task checked itself outside a sweep, by a scheduler
 	// path klptop could not tell apart (__klp_sched_try_switch() not
 	// traceable, or traces before format 1.4).
@@ -173,6 +184,35 @@ const (
 	// inlined there and runs on TASK_FREEZABLE sleeps).
 	PathSchedule = "__schedule"
 )
+
+// Causes of a Lost event (its Reason).
+const (
+	LostRingFull = "ring_full" // the events ring had no room (bpf_ringbuf_reserve failed)
+	// LostMissed: a kprobe or kretprobe did not run its BPF program (the
+	// link's missed count: another BPF program was running on that CPU,
+	// or no kretprobe instance was free).
+	LostMissed = "missed"
+	// LostRecursion: an fentry program did not run because one was already
+	// running on that CPU (the program's recursion_misses).
+	LostRecursion = "recursion"
+	// LostUndecodable: a ring record klptop could not decode.
+	LostUndecodable = "undecodable"
+)
+
+// LostWords says a Lost cause in words.
+func LostWords(cause string) string {
+	switch cause {
+	case LostRingFull, "":
+		return "ring buffer full"
+	case LostMissed:
+		return "probe missed"
+	case LostRecursion:
+		return "fentry recursion"
+	case LostUndecodable:
+		return "undecodable record"
+	}
+	return cause
+}
 
 // SchedTrySwitchProbe is the out-of-line function both scheduler paths call.
 const SchedTrySwitchProbe = "__klp_sched_try_switch"
@@ -315,7 +355,7 @@ var known = map[Type]bool{
 	Lost: true, FuncStack: true, Signal: true, KlpState: true, Shadow: true,
 	ModuleComing: true, ModuleGoing: true, ModuleApply: true, ModuleRevert: true,
 	PatchReplace: true, PatchReplaced: true, NopsDiscard: true, ReplacedFree: true,
-	PatchFree: true, Callback: true, TaskExit: true,
+	PatchFree: true, Callback: true, TaskExit: true, Resync: true,
 }
 
 // Known reports whether t is a type this version of klptop understands.

@@ -210,7 +210,10 @@ func (p *perfetto) instant(k *state.Tracker, e event.Event) {
 	case event.TransitionCancel:
 		name = "cancel"
 	case event.Lost:
-		p.emit(traceEvent{Name: fmt.Sprintf("lost %d events", e.Count), Cat: "lost", Ph: "i", S: "g", Ts: p.us(e.Time)})
+		p.emit(traceEvent{Name: fmt.Sprintf("lost %d events (%s)", e.Count, event.LostWords(e.Reason)), Cat: "lost", Ph: "i", S: "g", Ts: p.us(e.Time)})
+		return
+	case event.Resync:
+		p.emit(traceEvent{Name: "resync", Cat: "lost", Ph: "i", S: "g", Ts: p.us(e.Time)})
 		return
 	case event.Signal:
 		p.signal(k, e)

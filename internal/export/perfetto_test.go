@@ -113,7 +113,7 @@ func TestPerfettoInstantsAndUnfinished(t *testing.T) {
 			inst = append(inst, e.Name)
 		}
 	}
-	if got := strings.Join(inst, ","); got != "cancel,reverse,force,lost 3 events" {
+	if got := strings.Join(inst, ","); got != "cancel,reverse,force,lost 3 events (ring buffer full)" {
 		t.Errorf("instants %s", got)
 	}
 	if st.Lost != 3 {

@@ -65,8 +65,12 @@ type Transition struct {
 	// StartedBeforeRecording: klptop attached mid-transition; Start is a
 	// lower bound.
 	StartedBeforeRecording bool `json:"started_before_recording,omitempty"`
-	Tasks                  int  `json:"tasks"`
-	Switched               int  `json:"switched"`
+	// LostEvents were lost while it ran; StartResynced: its start fell
+	// where events were lost, and Start is the resync that found it.
+	LostEvents    uint64 `json:"lost_events,omitempty"`
+	StartResynced bool   `json:"start_resynced,omitempty"`
+	Tasks         int    `json:"tasks"`
+	Switched      int    `json:"switched"`
 	// Stall: the transition needed more than one sweep, or never finished.
 	Stall    bool      `json:"stall"`
 	Blockers []Blocker `json:"blockers"`
@@ -170,6 +174,20 @@ type TraceInfo struct {
 	Command   []string        `json:"command,omitempty"`
 }
 
+// Repair is a stretch of the recording where events were lost and the
+// resync that ended it (state.Repair).
+type Repair struct {
+	From   Time              `json:"from"`
+	At     Time              `json:"resynced_at"`
+	Lost   uint64            `json:"lost"`
+	Causes map[string]uint64 `json:"causes"`
+	// Ended, Began: a transition ended, or began, within it; Forgotten
+	// tasks left within it unseen.
+	Ended     bool `json:"transition_ended,omitempty"`
+	Began     bool `json:"transition_began,omitempty"`
+	Forgotten int  `json:"tasks_forgotten,omitempty"`
+}
+
 // Summary closes a report.
 type Summary struct {
 	Events      int            `json:"events"`
@@ -178,6 +196,11 @@ type Summary struct {
 	Stalls      int            `json:"stalls"`
 	Unfinished  int            `json:"unfinished"`
 	LostEvents  uint64         `json:"lost_events"`
+	// Repairs are the stretches where events were lost, each ended by a
+	// resync that read the kernel's state again; LostUnrepaired were lost
+	// after the last one (the trace ended first).
+	Repairs        []Repair `json:"repairs,omitempty"`
+	LostUnrepaired uint64   `json:"lost_unrepaired,omitempty"`
 	// UnknownEvents counts events of types this klptop does not know.
 	UnknownEvents map[event.Type]int `json:"unknown_events,omitempty"`
 	// Truncated: the last line was cut short (recorder killed); everything
@@ -212,8 +235,14 @@ func (s *Summary) Warnings() []string {
 	for _, t := range slices.Sorted(maps.Keys(s.UnknownEvents)) {
 		w = append(w, fmt.Sprintf("skipped %d events of type %q unknown to this klptop", s.UnknownEvents[t], t))
 	}
-	if s.LostEvents > 0 {
-		w = append(w, fmt.Sprintf("the kernel dropped %d events while recording: the report may miss switches or checks", s.LostEvents))
+	if n := s.LostEvents - s.LostUnrepaired; n > 0 {
+		w = append(w, fmt.Sprintf("%d events were lost while recording, in %d stretches, each repaired by a resync (see repairs): there, checks and switches are missing and times are bounds", n, len(s.Repairs)))
+	}
+	switch {
+	case s.LostUnrepaired > 0 && len(s.Repairs) == 0:
+		w = append(w, fmt.Sprintf("%d events were lost while recording and no resync followed: the report may miss switches or checks", s.LostUnrepaired))
+	case s.LostUnrepaired > 0:
+		w = append(w, fmt.Sprintf("%d events were lost after the last resync: the end of the report may miss switches or checks", s.LostUnrepaired))
 	}
 	return w
 }
@@ -282,6 +311,11 @@ func Run(r io.Reader, w io.Writer, opts Options) (*Summary, error) {
 		}
 	}
 	sum.LostEvents = k.S.Lost
+	sum.LostUnrepaired = k.S.LostSinceResync()
+	for _, r := range k.S.Repairs {
+		sum.Repairs = append(sum.Repairs, Repair{From: b.time(r.From), At: b.time(r.At), Lost: r.Lost,
+			Causes: maps.Clone(r.Causes), Ended: r.Ended, Began: r.Began, Forgotten: r.Forgotten})
+	}
 	for _, sh := range k.S.ShadowList() {
 		calls := maps.Clone(sh.Calls)
 		if calls == nil {
@@ -457,8 +491,15 @@ func (b *builder) transition(en *state.Ended, sum *Summary) *Transition {
 	for _, c := range st.Callbacks {
 		t.Callbacks = append(t.Callbacks, b.callback(st.Patch, c, true))
 	}
+	t.LostEvents, t.StartResynced = st.Lost, st.StartResynced
 	end := st.End
 	switch {
+	case st.EndResynced && !en.Unfinished:
+		// The kernel ended it (sysfs said so); when, the lost events knew.
+		t.Note = "its end fell where events were lost: a resync found it over"
+		t.End = b.timep(end)
+		t.EndIsUpperBound = true
+		t.DurationNs = uint64(st.Elapsed(end))
 	case en.Unfinished:
 		t.Outcome = OutcomeUnfinished
 		t.Note = "the trace ends before the transition did"

@@ -112,6 +112,7 @@ func TestHandMadeFacts(t *testing.T) {
 		errPart  string
 	}
 	for name, w := range map[string]want{
+		"hand-made-resync":               {0, []string{"complete"}, ""},
 		"hand-made-stall":                {0, []string{"complete", "complete"}, ""},
 		"hand-made-reverse-force-cancel": {0, []string{"cancelled", "reversed", "forced"}, ""},
 		"hand-made-unfinished":           {1, []string{"unfinished"}, ""},

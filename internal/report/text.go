@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -128,7 +129,10 @@ func (s *textSink) transition(t *Transition) error {
 		s.printf("    note: %s\n", t.Note)
 	}
 	start := when(&t.Start)
-	if t.StartedBeforeRecording {
+	switch {
+	case t.StartResynced:
+		start += "  (began where events were lost: at or before)"
+	case t.StartedBeforeRecording:
 		start += "  (started before the recording: at or before)"
 	}
 	s.printf("    start   %s\n", start)
@@ -145,6 +149,9 @@ func (s *textSink) transition(t *Transition) error {
 	}
 	s.printf("    sweeps  %d   reverses %d   signals %s   tasks %d, %d switched\n",
 		t.Sweeps, t.Reverses, signals, t.Tasks, t.Switched)
+	if t.LostEvents > 0 {
+		s.printf("    lost    %d events while it ran\n", t.LostEvents)
+	}
 	if len(t.KlpStates) > 0 {
 		var ks []string
 		for _, k := range t.KlpStates {
@@ -246,6 +253,44 @@ func (s *textSink) blockers(t *Transition) {
 }
 
 // shadows lists the shadow variables by id, when there were any.
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}
+
+// repairs lists the stretches where events were lost, each with the
+// resync that ended it.
+func (s *textSink) repairs(sum *Summary) {
+	if len(sum.Repairs) == 0 {
+		return
+	}
+	s.printf("events lost, and the resyncs that repaired them:\n")
+	for _, r := range sum.Repairs {
+		var cs []string
+		for _, c := range slices.Sorted(maps.Keys(r.Causes)) {
+			cs = append(cs, fmt.Sprintf("%d %s", r.Causes[c], event.LostWords(c)))
+		}
+		line := fmt.Sprintf("  %s .. %s  %d lost (%s)", offset(&r.From), offset(&r.At), r.Lost, strings.Join(cs, ", "))
+		var found []string
+		if r.Ended {
+			found = append(found, "a transition had ended")
+		}
+		if r.Began {
+			found = append(found, "a transition had begun")
+		}
+		if r.Forgotten > 0 {
+			found = append(found, plural(r.Forgotten, "task")+" had left")
+		}
+		if len(found) > 0 {
+			line += "; the resync found " + strings.Join(found, ", ")
+		}
+		s.printf("%s\n", line)
+	}
+	s.printf("\n")
+}
+
 func (s *textSink) shadows(sum *Summary) {
 	if len(sum.Shadows) == 0 {
 		return
@@ -341,6 +386,7 @@ func (s *textSink) end(sum *Summary) error {
 	s.modules(sum)
 	s.callbacks(sum)
 	s.shadows(sum)
+	s.repairs(sum)
 	var parts []string
 	for _, o := range []string{"complete", "reversed", "cancelled", "forced", OutcomeUnfinished} {
 		if n := sum.Outcomes[o]; n > 0 {

@@ -74,6 +74,7 @@ type Ended struct {
 	Blockers []*Blocker
 	// EndLost: a new transition began before this one's end was recorded
 	// (lost events), so its outcome is not known; State calls it complete.
+	// (A resync that finds it over sets Transition.EndResynced instead.)
 	EndLost bool
 	// Unfinished: the trace ended during the transition.
 	Unfinished bool
@@ -121,12 +122,21 @@ func (k *Tracker) Apply(e event.Event) *Ended {
 		// flips: their pending period ends here, though they did not switch.
 		k.closeAll(now, PathReverse)
 	}
+	resyncing := s.Resyncing()
 	s.Apply(e)
 
 	var ended *Ended
 	if k.cur != nil && s.Transition != k.cur {
 		ended = k.end(k.cur, k.cur.End, false)
 		ended.EndLost = endLost
+	} else if k.cur != nil && resyncing && !s.Resyncing() {
+		// A resync ended: the blockers it found at the target or gone
+		// switched (or left) where events were lost.
+		for key, b := range k.blockers {
+			if t := s.Tasks[key]; b.open && (t == nil || t.PatchState == k.cur.Target || !participates(t.PatchState)) {
+				k.switched(b, now, event.PathResync)
+			}
+		}
 	}
 	if s.Transition != nil && s.Transition != k.cur {
 		k.cur = s.Transition

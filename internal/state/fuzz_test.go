@@ -16,7 +16,7 @@ var fuzzTypes = []event.Type{event.PatchEnable, event.TransitionInit, event.Tran
 	event.TaskSnapshot, event.SnapshotEnd, event.Lost, event.Signal, "bogus",
 	event.FuncStack, event.KlpState, event.Shadow, event.ModuleComing, event.ModuleGoing,
 	event.ModuleApply, event.ModuleRevert, event.PatchReplace, event.PatchReplaced,
-	event.NopsDiscard, event.ReplacedFree, event.PatchFree, event.Callback, event.TaskExit}
+	event.NopsDiscard, event.ReplacedFree, event.PatchFree, event.Callback, event.TaskExit, event.Resync}
 
 var (
 	fuzzComms   = []string{"", "swapper/0", "swapper/1", "swapper/x", "kworker/0:1", "bash", "swapper/-3", "swapper/99999999999"}

@@ -47,8 +47,14 @@ type State struct {
 	History []*Transition
 	// Tasks by key: the PID, or for the per-CPU idle tasks (all PID 0), -1-cpu.
 	Tasks map[int]*Task
-	// Lost is the number of events the kernel dropped.
+	// Lost is the number of events lost (see event.Lost).
 	Lost uint64
+	// Repairs are the stretches in which events were lost, each ended by
+	// a Resync, oldest first (at most maxRepairs); lostOpen is the one
+	// not yet resynced, resync the Resync being read.
+	Repairs  []*Repair
+	lostOpen *Repair
+	resync   *resyncing
 	// SnapshotDone: the start-up snapshot has been read (SnapshotEnd seen).
 	SnapshotDone bool
 
@@ -115,6 +121,11 @@ type Transition struct {
 	// 0 also when the recorder could not see them (see
 	// trace.Header.SignalsObservable).
 	Signals int
+	// Lost counts the events lost while it ran. StartResynced and
+	// EndResynced: a resync found it begun, or ended, where events were
+	// lost, so Start or End is when klptop resynced, not the kernel's.
+	Lost                       uint64
+	StartResynced, EndResynced bool
 	// Total is the number of tasks taking part (patch_state 0 or 1) and
 	// Switched how many of them are at Target.
 	Total    int
@@ -266,7 +277,12 @@ func (s *State) Apply(e event.Event) {
 	if e.Time > s.Now {
 		s.Now = e.Time
 	}
+	if s.resync != nil && s.resyncEvent(e) {
+		return
+	}
 	switch e.Type {
+	case event.Resync:
+		s.resync = &resyncing{at: e.Time}
 	case event.PatchSnapshot:
 		s.patchSnapshot(e)
 	case event.TaskSnapshot:
@@ -309,7 +325,7 @@ func (s *State) Apply(e event.Event) {
 	case event.TransitionCancel:
 		s.finish(e, true)
 	case event.Lost:
-		s.Lost += e.Count
+		s.lost(e)
 	case event.FuncStack:
 		s.funcStack(e)
 	case event.KlpState:

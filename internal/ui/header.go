@@ -16,8 +16,11 @@ func renderHeader(th Theme, opts Options, s *state.State, closed bool, width int
 	if !s.SnapshotDone && s.Now == 0 && !closed && !opts.replay {
 		status = append(status, th.Subtle.Render("waiting for events"))
 	}
-	if s.Lost > 0 {
-		status = append(status, th.Bad.Render(fmt.Sprintf("lost %d events: counts may be off", s.Lost)))
+	switch open := s.LostSinceResync(); {
+	case open > 0:
+		status = append(status, th.Bad.Render(fmt.Sprintf("lost %d events: counts may be off until a resync", open)))
+	case s.Lost > 0:
+		status = append(status, th.Warn.Render(fmt.Sprintf("lost %d events, resynced %s", s.Lost, plural(len(s.Repairs), "time"))))
 	}
 	if closed {
 		note := opts.EndNote
@@ -37,4 +40,14 @@ func renderHeader(th Theme, opts Options, s *state.State, closed bool, width int
 		lines = append(lines, th.Subtle.Render(n))
 	}
 	return strings.Join(lines, "\n")
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		if what == "time" {
+			return "once"
+		}
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }

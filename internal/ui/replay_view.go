@@ -291,7 +291,9 @@ func describe(e event.Event) string {
 	case event.SweepEnd:
 		s += fmt.Sprintf(": %d pending, took %s", e.Pending, fmtDuration(time.Duration(min(e.Duration, 1<<62))))
 	case event.Lost:
-		s += fmt.Sprintf(": %d events dropped", e.Count)
+		s += fmt.Sprintf(": %d events (%s)", e.Count, event.LostWords(e.Reason))
+	case event.Resync:
+		s += fmt.Sprintf(": the kernel's state read again after %d lost events", e.Count)
 	}
 	return s
 }
