@@ -20,6 +20,8 @@ func runLive(args []string, stderr io.Writer) error {
 	backend := fs.String("backend", "auto", backendHelp)
 	interval := fs.Duration("poll-interval", poll.DefaultInterval, "with the poll backend, how often to read sysfs and /proc")
 	out := fs.String("o", "", "also record everything shown to `FILE`")
+	var ring ringSize
+	fs.Var(&ring, "ring-size", ringHelp)
 	quiet(fs, args)
 	if err := fs.Parse(args); err != nil {
 		return fail(2, "%v", err)
@@ -27,7 +29,7 @@ func runLive(args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fail(2, "unknown command %q (see 'klptop help')", fs.Arg(0))
 	}
-	sess, err := openSource(*backend, *interval, nil)
+	sess, err := openSource(*backend, *interval, ring, nil)
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,8 @@ func TestUsageErrorsAreOneLineWithStatus2(t *testing.T) {
 		{"record", "--no-such-flag", "-o", "x"},
 		{"--no-such-flag"},
 		{"live", "extra"},
+		{"record", "-o", "x", "--ring-size", "3K"},
+		{"--ring-size", "2G"},
 	} {
 		code, _, stderr := runArgs(args...)
 		if code != 2 {
@@ -89,5 +91,20 @@ func TestBadFlagOneLine(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"report", "-h"}, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "-json") {
 		t.Errorf("report -h: exit %d, stderr %q", code, stderr.String())
+	}
+}
+
+func TestRingSize(t *testing.T) {
+	for in, want := range map[string]uint32{"4K": 4 << 10, "64k": 64 << 10, "8M": 8 << 20, "1G": 1 << 30, "65536": 64 << 10} {
+		var r ringSize
+		if err := r.Set(in); err != nil || uint32(r) != want {
+			t.Errorf("%q: %d, %v; want %d", in, r, err, want)
+		}
+	}
+	for _, in := range []string{"", "0", "2K", "3K", "100000", "2G", "-4K", "M", "8MiB"} {
+		var r ringSize
+		if err := r.Set(in); err == nil {
+			t.Errorf("%q: accepted as %d", in, r)
+		}
 	}
 }

@@ -34,7 +34,11 @@ func notes(info probes.Info) []string {
 		n[0] += fmt.Sprintf(" (load %s)", info.LoadTime.Round(time.Millisecond))
 	}
 	if info.RingBytes > 0 {
-		n[0] += fmt.Sprintf("; events ring %d MiB for %d tasks", info.RingBytes>>20, info.Tasks)
+		size := fmt.Sprintf("%d MiB", info.RingBytes>>20)
+		if info.RingBytes < 1<<20 {
+			size = fmt.Sprintf("%d KiB", info.RingBytes>>10)
+		}
+		n[0] += fmt.Sprintf("; events ring %s for %d tasks", size, info.Tasks)
 	}
 	if len(info.Missing) > 0 {
 		var m []string
@@ -89,7 +93,7 @@ func header(info probes.Info, command []string) trace.Header {
 	}
 	h.StartWall = time.Now().UTC().Format(time.RFC3339Nano)
 	h.Backend = info.Backend
-	h.Tasks, h.RingBytes = info.Tasks, info.RingBytes
+	h.Tasks, h.RingBytes, h.LossCounted = info.Tasks, info.RingBytes, info.LossCounted
 	h.Attached = info.Attached
 	for _, m := range info.Missing {
 		h.Missing = append(h.Missing, trace.Missing{Symbol: m.Symbol, Why: m.Why})

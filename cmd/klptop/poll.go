@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -29,17 +30,50 @@ const backendHelp = "event source: auto, fentry, kprobe-multi, kprobe (BPF), or 
 
 const minPollInterval = 10 * time.Millisecond
 
+const ringHelp = "size of the BPF events `ring` (a power of two from 4K to 1G: 256K, 8M); default: room for two sweeps of every task's check"
+
+// ringSize is --ring-size: bytes, with an optional K, M or G.
+type ringSize uint32
+
+func (r *ringSize) String() string {
+	if *r == 0 {
+		return ""
+	}
+	return strconv.FormatUint(uint64(*r), 10)
+}
+
+func (r *ringSize) Set(v string) error {
+	num, mult := v, uint64(1)
+	if n := len(v); n > 0 {
+		switch v[n-1] {
+		case 'k', 'K':
+			num, mult = v[:n-1], 1<<10
+		case 'm', 'M':
+			num, mult = v[:n-1], 1<<20
+		case 'g', 'G':
+			num, mult = v[:n-1], 1<<30
+		}
+	}
+	n, err := strconv.ParseUint(num, 10, 32)
+	b := n * mult
+	if err != nil || b < 4<<10 || b > 1<<30 || b&(b-1) != 0 {
+		return fmt.Errorf("%q: a power of two from 4K to 1G", v)
+	}
+	*r = ringSize(b)
+	return nil
+}
+
 // openSource opens the probes, or the poller when asked to or, with the
 // auto backend, when this kernel offers no usable BPF or kprobes. Every
 // other reason klptop cannot run here stays one line and exit 2.
-func openSource(backend string, interval time.Duration, warn func(string)) (source, error) {
+func openSource(backend string, interval time.Duration, ring ringSize, warn func(string)) (source, error) {
 	if interval < minPollInterval {
 		return nil, fail(2, "--poll-interval %s: at least %s", interval, minPollInterval)
 	}
 	if backend == poll.Backend {
 		return openPoll(interval, "")
 	}
-	s, err := probes.Open(probes.Options{Backend: backend, Warn: warn})
+	s, err := probes.Open(probes.Options{Backend: backend, Warn: warn, RingBytes: uint32(ring)})
 	if err == nil {
 		return s, nil
 	}

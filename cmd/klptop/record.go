@@ -31,8 +31,10 @@ func runRecord(args []string, stderr io.Writer) error {
 	out := fs.String("o", "", "write the trace to `FILE` (required)")
 	backend := fs.String("backend", "auto", backendHelp)
 	interval := fs.Duration("poll-interval", poll.DefaultInterval, "with the poll backend, how often to read sysfs and /proc")
+	var ring ringSize
+	fs.Var(&ring, "ring-size", ringHelp)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: klptop record -o FILE [--backend B] [--poll-interval D] [-- COMMAND ARGS]")
+		fmt.Fprintln(stderr, "usage: klptop record -o FILE [--backend B] [--poll-interval D] [--ring-size N] [-- COMMAND ARGS]")
 		fs.PrintDefaults()
 	}
 	quiet(fs, args)
@@ -44,7 +46,7 @@ func runRecord(args []string, stderr io.Writer) error {
 	}
 	command := fs.Args()
 
-	sess, err := openSource(*backend, *interval, func(w string) { fmt.Fprintln(os.Stderr, "klptop: "+w) })
+	sess, err := openSource(*backend, *interval, ring, func(w string) { fmt.Fprintln(os.Stderr, "klptop: "+w) })
 	if err != nil {
 		return err
 	}

@@ -137,7 +137,6 @@ const (
 	klptopMapInSchedTry                         = "in_sched_try"
 	klptopMapIterScratch                        = "iter_scratch"
 	klptopMapLastChecks                         = "last_checks"
-	klptopMapLost                               = "lost"
 	klptopMapReleaseStash                       = "release_stash"
 	klptopMapShadowCounts                       = "shadow_counts"
 	klptopMapShadowStash                        = "shadow_stash"
@@ -242,6 +241,7 @@ const (
 	klptopVarKlpOpsAddr                         = "klp_ops_addr"
 	klptopVarKlpPatchesAddr                     = "klp_patches_addr"
 	klptopVarKlpShadowHashAddr                  = "klp_shadow_hash_addr"
+	klptopVarLostEvents                         = "lost_events"
 	klptopVarSchedInSchedule                    = "sched_in_schedule"
 	klptopVarSweepChecked                       = "sweep_checked"
 	klptopVarSweepPending                       = "sweep_pending"
@@ -405,7 +405,6 @@ type klptopMapSpecs struct {
 	InSchedTry   *ebpf.MapSpec `ebpf:"in_sched_try"`
 	IterScratch  *ebpf.MapSpec `ebpf:"iter_scratch"`
 	LastChecks   *ebpf.MapSpec `ebpf:"last_checks"`
-	Lost         *ebpf.MapSpec `ebpf:"lost"`
 	ReleaseStash *ebpf.MapSpec `ebpf:"release_stash"`
 	ShadowCounts *ebpf.MapSpec `ebpf:"shadow_counts"`
 	ShadowStash  *ebpf.MapSpec `ebpf:"shadow_stash"`
@@ -425,6 +424,7 @@ type klptopVariableSpecs struct {
 	KlpOpsAddr        *ebpf.VariableSpec `ebpf:"klp_ops_addr"`
 	KlpPatchesAddr    *ebpf.VariableSpec `ebpf:"klp_patches_addr"`
 	KlpShadowHashAddr *ebpf.VariableSpec `ebpf:"klp_shadow_hash_addr"`
+	LostEvents        *ebpf.VariableSpec `ebpf:"lost_events"`
 	SchedInSchedule   *ebpf.VariableSpec `ebpf:"sched_in_schedule"`
 	SweepChecked      *ebpf.VariableSpec `ebpf:"sweep_checked"`
 	SweepPending      *ebpf.VariableSpec `ebpf:"sweep_pending"`
@@ -469,7 +469,6 @@ type klptopMaps struct {
 	InSchedTry   *ebpf.Map `ebpf:"in_sched_try"`
 	IterScratch  *ebpf.Map `ebpf:"iter_scratch"`
 	LastChecks   *ebpf.Map `ebpf:"last_checks"`
-	Lost         *ebpf.Map `ebpf:"lost"`
 	ReleaseStash *ebpf.Map `ebpf:"release_stash"`
 	ShadowCounts *ebpf.Map `ebpf:"shadow_counts"`
 	ShadowStash  *ebpf.Map `ebpf:"shadow_stash"`
@@ -489,7 +488,6 @@ func (m *klptopMaps) Close() error {
 		m.InSchedTry,
 		m.IterScratch,
 		m.LastChecks,
-		m.Lost,
 		m.ReleaseStash,
 		m.ShadowCounts,
 		m.ShadowStash,
@@ -510,6 +508,7 @@ type klptopVariables struct {
 	KlpOpsAddr        *ebpf.Variable `ebpf:"klp_ops_addr"`
 	KlpPatchesAddr    *ebpf.Variable `ebpf:"klp_patches_addr"`
 	KlpShadowHashAddr *ebpf.Variable `ebpf:"klp_shadow_hash_addr"`
+	LostEvents        *ebpf.Variable `ebpf:"lost_events"`
 	SchedInSchedule   *ebpf.Variable `ebpf:"sched_in_schedule"`
 	SweepChecked      *ebpf.Variable `ebpf:"sweep_checked"`
 	SweepPending      *ebpf.Variable `ebpf:"sweep_pending"`

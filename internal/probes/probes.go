@@ -24,6 +24,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
+	"github.com/klptop/klptop/internal/event"
 	"github.com/klptop/klptop/internal/ksym"
 	"github.com/klptop/klptop/internal/sysfs"
 )
@@ -42,6 +43,9 @@ type Options struct {
 	// Warn, if set, hears what goes wrong after Open (a callback that
 	// cannot be probed), from Read's goroutine.
 	Warn func(string)
+	// RingBytes, if not 0, sizes the events ring instead of the task
+	// count (a power of two, at least a page).
+	RingBytes uint32
 }
 
 // Reasons Open fails; the returned errors wrap them with detail.
@@ -70,6 +74,9 @@ type Info struct {
 	// RingBytes the size of the events ring it chose for them.
 	Tasks     int
 	RingBytes uint32
+	// LossCounted are the causes of loss (event.Lost*) counted here;
+	// losses of another cause would go unseen.
+	LossCounted []string
 	// FuncsWhy says why function stacks cannot be read here; "" when they can.
 	FuncsWhy string
 	// StatesWhy says why the snapshot cannot read the klp_state arrays of
@@ -94,6 +101,14 @@ type Session struct {
 
 	lostSeen    uint64
 	lostChecked time.Time
+	// counted are the probes whose misses the kernel counts, if it does
+	// (countMissed, countRecursion); undecodable counts the ring records
+	// Read could not decode, undecodableSeen those reported.
+	counted                      []counted
+	countMissed, countRecursion  bool
+	undecodable, undecodableSeen uint64
+	resync                       resync
+	held                         []event.Event // see hold
 	// needStack: tasks sleeping on a function whose stack could not be
 	// read at the check that asked for it (it was running for a moment):
 	// read again at their next check.
@@ -195,7 +210,7 @@ func Open(opts Options) (*Session, error) {
 		}
 	}
 	tasks := threadCount(root)
-	ring := sizeMaps(spec, tasks)
+	ring := sizeMaps(spec, tasks, opts.RingBytes)
 	coll, funcsWhy, statesWhy, rejected, err := loadCollection(spec, keep, funcsWhy, cache)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
@@ -215,6 +230,8 @@ func Open(opts Options) (*Session, error) {
 	}
 	s := &Session{coll: coll, syms: syms, root: root, funcsWhy: funcsWhy, warn: opts.Warn}
 	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy, LoadTime: time.Since(start), Tasks: tasks, RingBytes: ring}
+	s.countMissed, s.countRecursion = lossCounters(cache)
+	s.info.LossCounted = s.lossCounted()
 
 	attached, failed, linkFallback := s.attachAll(spec, attach, kmode, cache)
 	if cbWhy == "" {
@@ -442,6 +459,7 @@ func newCollectionWith(spec *ebpf.CollectionSpec, keep map[string]bool, opts ebp
 // are returned in fellBack (program -> why).
 func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]string, kmode string, cache *btf.Cache) (attached []string, failed []Missing, fellBack map[string]string) {
 	links := make(map[string]io.Closer)
+	progs := make(map[string]*ebpf.Program)
 	points := make(map[string][]string)
 	fellBack = make(map[string]string)
 	place := func(p probe, prog *ebpf.Program) bool {
@@ -450,7 +468,7 @@ func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]strin
 			failed = append(failed, Missing{Symbol: probeName(p.symbol, p.ret), Why: "attach: " + err.Error()})
 			return false
 		}
-		links[p.prog] = l
+		links[p.prog], progs[p.prog] = l, prog
 		for _, sym := range attach[p.prog] {
 			points[p.prog] = append(points[p.prog], probeName(sym, p.ret))
 		}
@@ -472,7 +490,7 @@ func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]strin
 				retry = append(retry, p)
 				continue
 			}
-			links[p.prog] = l
+			links[p.prog], progs[p.prog] = l, tw
 			points[p.prog] = append(points[p.prog], probeName(attach[p.prog][0], p.ret))
 			continue
 		}
@@ -510,6 +528,7 @@ func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]strin
 			continue
 		}
 		s.links = append(s.links, l)
+		s.counted = append(s.counted, counted{point: probeName(p.symbol, p.ret), link: l, prog: progs[p.prog]})
 		attached = append(attached, points[p.prog]...)
 	}
 	sort.Strings(attached)
@@ -626,9 +645,11 @@ func ringBytes(tasks int) uint32 {
 }
 
 // sizeMaps sizes the maps that hold a record per task for tasks tasks,
-// and returns the ring's size.
-func sizeMaps(spec *ebpf.CollectionSpec, tasks int) uint32 {
-	ring := ringBytes(tasks)
+// and the ring (ring bytes, or from tasks when 0), and returns its size.
+func sizeMaps(spec *ebpf.CollectionSpec, tasks int, ring uint32) uint32 {
+	if ring == 0 {
+		ring = ringBytes(tasks)
+	}
 	spec.Maps["events"].MaxEntries = ring
 	// Every pending task's last failed check: an evicted one asks for
 	// its stack again at every sweep.

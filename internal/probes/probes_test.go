@@ -481,14 +481,14 @@ func TestSizeMaps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ring := sizeMaps(spec, 10_000); ring != 8<<20 || spec.Maps["events"].MaxEntries != ring {
+	if ring := sizeMaps(spec, 10_000, 0); ring != 8<<20 || spec.Maps["events"].MaxEntries != ring {
 		t.Errorf("10,000 tasks: ring %d, events max_entries %d, want 8 MiB", ring, spec.Maps["events"].MaxEntries)
 	}
 	if n := spec.Maps["last_checks"].MaxEntries; n != 20_000 {
 		t.Errorf("10,000 tasks: last_checks max_entries %d, want 20,000", n)
 	}
 	spec, _ = loadKlptop()
-	sizeMaps(spec, 10)
+	sizeMaps(spec, 10, 0)
 	if n := spec.Maps["last_checks"].MaxEntries; n != 8192 {
 		t.Errorf("10 tasks: last_checks max_entries %d, want the object's 8192", n)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,10 +21,14 @@ const pollEvery = 200 * time.Millisecond
 
 // Read calls fn for every event until ctx is done (then it returns nil) or
 // the session is closed (nil too). fn runs on Read's goroutine.
+//
+// After a loss Read sends a resync (event.Resync): the kernel's state read
+// again, placed among the ring's events by its time. It reads once the
+// losses pause (a poll without new ones), or after resyncEvery while they
+// go on, and at the end if one is owed.
 func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
-
 	var rec ringbuf.Record
-	draining := false
+	draining, lastPass := false, false
 	for {
 		if !draining && ctx.Err() != nil {
 			// What the kernel already wrote belongs to the recording: a
@@ -39,56 +44,133 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 		err := s.rd.ReadInto(&rec)
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			s.reportLost(fn)
+			// The ring is empty: what was held is in order now.
+			s.release(^uint64(0), fn)
+			took := s.checkLost(draining)
 			if draining {
+				if took && !lastPass {
+					// What the kernel wrote while it was read goes first.
+					lastPass = true
+					continue
+				}
+				s.release(^uint64(0), fn)
 				return nil
 			}
 			continue
 		case errors.Is(err, ringbuf.ErrClosed):
+			s.release(^uint64(0), fn)
 			return nil
 		case err != nil:
 			return err
 		}
 		raw, err := decodeEvent(rec.RawSample)
 		if err != nil {
-			continue // a newer object's record; skip rather than stop
-		}
-		if raw.Type == funcsChanged {
-			// A change before the last read began is in what it read. The
-			// read shows the stacks as they are now, which may be past this
-			// change already: a stack that lived shorter than the ring
-			// buffer's latency is not seen.
-			// On the event path, in order: a read off it (tried) came
-			// late and out of order on 7.x under emulation, where
-			// naming a new module's functions rereads /proc/kallsyms
-			// for seconds, and a read folded many changes into one.
-			if s.funcsWhy == "" && raw.Time >= s.funcsReadAt {
-				for _, e := range s.funcEvents(false, raw.Time) {
-					fn(e)
-				}
-			}
+			s.undecodable++ // counted as lost at the next check
 			continue
 		}
-		switch raw.Type {
-		case callbacksSeen:
-			s.learnCallbacks(raw)
-			continue
-		case event.Callback:
-			e, ok := s.callbackEvent(raw)
-			if !ok {
-				continue // no symbol at its address: nothing to name it by
-			}
-			fn(s.finish(rawEvent{Event: e}))
-			continue
-		}
-		if raw.Type == event.ModuleGoing {
-			s.forgetModule(raw.Object)
-		}
-		fn(s.finish(raw))
+		s.release(raw.Time, fn)
+		s.deliver(raw, fn)
 		if time.Since(s.lostChecked) >= pollEvery {
-			s.reportLost(fn)
+			s.checkLost(draining)
 		}
 	}
+}
+
+// resyncEvery bounds how long a run of losses goes without a resync.
+const resyncEvery = time.Second
+
+// resync is what Read owes after losses.
+type resync struct {
+	owed  uint64 // events lost since the last resync taken
+	last  time.Time
+	taken bool // one is held, not yet sent
+}
+
+// hold keeps an event klptop made (a loss, a resync, shadow counts) until
+// the ring's events before its time are read: the reader trails the
+// kernel, most when the ring overflows, and a trace goes forward in time.
+func (s *Session) hold(e event.Event) {
+	i := len(s.held)
+	for i > 0 && s.held[i-1].Time > e.Time {
+		i--
+	}
+	s.held = slices.Insert(s.held, i, e)
+}
+
+// release sends the held events up to time t.
+func (s *Session) release(t uint64, fn func(event.Event)) {
+	n := 0
+	for n < len(s.held) && s.held[n].Time <= t {
+		if s.held[n].Type == event.Resync {
+			s.resync.taken = false
+		}
+		fn(s.held[n])
+		n++
+	}
+	if n > 0 {
+		s.held = slices.Delete(s.held, 0, n)
+	}
+}
+
+// checkLost reports losses and takes a resync when one is owed and the
+// losses paused (or resyncEvery passed, or the reading ends); true if it
+// took one. Both are held (see hold).
+func (s *Session) checkLost(ending bool) bool {
+	n := s.reportLost(s.hold)
+	s.resync.owed += n
+	if s.resync.owed == 0 || s.resync.taken {
+		return false
+	}
+	if n > 0 && !ending && time.Since(s.resync.last) < resyncEvery {
+		return false
+	}
+	evs, err := s.resyncEvents(s.resync.owed)
+	if err != nil {
+		if s.warn != nil {
+			s.warn("resync after lost events: " + err.Error())
+		}
+		return false
+	}
+	s.resync.owed, s.resync.last, s.resync.taken = 0, time.Now(), true
+	// One block, in its order, at one time.
+	i := len(s.held)
+	for i > 0 && s.held[i-1].Time > evs[0].Time {
+		i--
+	}
+	s.held = slices.Insert(s.held, i, evs...)
+	return true
+}
+
+// deliver hands one decoded record on, or acts on it.
+func (s *Session) deliver(raw rawEvent, fn func(event.Event)) {
+	switch raw.Type {
+	case funcsChanged:
+		// A change before the last read began is in what it read. The
+		// read shows the stacks as they are now, which may be past this
+		// change already: a stack that lived shorter than the ring
+		// buffer's latency is not seen.
+		// On the event path, in order: a read off it (tried) came
+		// late and out of order on 7.x under emulation, where
+		// naming a new module's functions rereads /proc/kallsyms
+		// for seconds, and a read folded many changes into one.
+		if s.funcsWhy == "" && raw.Time >= s.funcsReadAt {
+			for _, e := range s.funcEvents(false, raw.Time) {
+				fn(e)
+			}
+		}
+		return
+	case callbacksSeen:
+		s.learnCallbacks(raw)
+		return
+	case event.Callback:
+		if e, ok := s.callbackEvent(raw); ok {
+			fn(s.finish(rawEvent{Event: e}))
+		} // else no symbol at its address: nothing to name it by
+		return
+	case event.ModuleGoing:
+		s.forgetModule(raw.Object)
+	}
+	fn(s.finish(raw))
 }
 
 // finish adds what the kernel side leaves to user space.
@@ -124,24 +206,6 @@ func (s *Session) finish(raw rawEvent) event.Event {
 		}
 	}
 	return e
-}
-
-func (s *Session) reportLost(fn func(event.Event)) {
-	s.lostChecked = time.Now()
-	s.placePending()   // same tick: callbacks of patch modules that came live
-	s.reportShadow(fn) // same tick: shadow variable counts that changed
-	var perCPU []uint64
-	if err := s.coll.Maps["lost"].Lookup(uint32(0), &perCPU); err != nil {
-		return
-	}
-	var total uint64
-	for _, n := range perCPU {
-		total += n
-	}
-	if total > s.lostSeen {
-		fn(event.Event{Time: monotonicNow(), Type: event.Lost, Count: total - s.lostSeen})
-		s.lostSeen = total
-	}
 }
 
 // stackMatches: the stack read from /proc now can be the one the kernel

@@ -44,10 +44,8 @@ func readSession(t *testing.T) *Session {
 
 func TestReadCancelAndLost(t *testing.T) {
 	s := readSession(t)
-	// Pretend the kernel dropped 3 events on CPU 0.
-	lost := make([]uint64, ebpfPossibleCPUs(t))
-	lost[0] = 3
-	if err := s.coll.Maps["lost"].Put(uint32(0), lost); err != nil {
+	// Pretend the ring was full for 3 events.
+	if err := s.coll.Variables["lost_events"].Set(uint64(3)); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*pollEvery)
@@ -60,8 +58,8 @@ func TestReadCancelAndLost(t *testing.T) {
 	if d := time.Since(start); d > 10*pollEvery {
 		t.Errorf("Read returned %v after cancel", d)
 	}
-	if len(got) != 1 || got[0].Type != event.Lost || got[0].Count != 3 {
-		t.Errorf("events %+v, want one Lost of 3", got)
+	if len(got) != 1 || got[0].Type != event.Lost || got[0].Count != 3 || got[0].Reason != event.LostRingFull {
+		t.Errorf("events %+v, want one Lost of 3, ring full", got)
 	}
 }
 

@@ -16,11 +16,27 @@ import (
 // stacking order) and their klp_states, every task's patch_state (BPF task iterator; with its
 // kernel stack while a transition waits for it), then SnapshotEnd.
 func (s *Session) Snapshot() ([]event.Event, error) {
+	return s.snapshot(false, 0)
+}
+
+// resyncEvents reads the state again after lost events: a Resync, then
+// the snapshot's events, stamped with the time just after sysfs was read,
+// so that the ring's events before that time, which sysfs reflects, go
+// before it, and those after it, which the task reads may too, after.
+func (s *Session) resyncEvents(lost uint64) ([]event.Event, error) {
+	return s.snapshot(true, lost)
+}
+
+func (s *Session) snapshot(resync bool, lost uint64) ([]event.Event, error) {
 	now := monotonicNow()
 	var out []event.Event
 	patches, err := sysfs.Patches(s.root)
 	if err != nil {
 		return nil, fmt.Errorf("livepatch sysfs: %w", err)
+	}
+	if resync {
+		now = monotonicNow()
+		out = append(out, event.Event{Time: now, Type: event.Resync, Count: lost})
 	}
 	target := -1
 	for i, p := range patches {
@@ -38,7 +54,7 @@ func (s *Session) Snapshot() ([]event.Event, error) {
 	if states, err := s.stateEvents(now); err == nil || states != nil {
 		out = append(out, states...)
 	}
-	if s.rd != nil && s.cb.why == "" {
+	if s.rd != nil && s.cb.why == "" && !resync {
 		// Into the ring buffer, for Read: the probes go on them there.
 		_ = s.snapshotCallbacks()
 	}

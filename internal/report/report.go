@@ -172,6 +172,8 @@ type TraceInfo struct {
 	Backend   string          `json:"backend,omitempty"`
 	Missing   []trace.Missing `json:"missing"`
 	Command   []string        `json:"command,omitempty"`
+	// LossCounted: the causes of loss the recorder counted (trace 1.9).
+	LossCounted []string `json:"loss_counted,omitempty"`
 }
 
 // Repair is a stretch of the recording where events were lost and the
@@ -426,7 +428,7 @@ func (b *builder) sawStates(e event.Event) {
 func newBuilder(h trace.Header) *builder {
 	b := &builder{info: TraceInfo{Version: h.Version, Klptop: h.Klptop, Kernel: h.Kernel,
 		Hostname: h.Host, BootID: h.BootID, StartWall: h.StartWall, Backend: h.Backend,
-		Missing: h.Missing, Command: h.Command}}
+		Missing: h.Missing, Command: h.Command, LossCounted: h.LossCounted}}
 	if b.info.Missing == nil {
 		b.info.Missing = []trace.Missing{}
 	}

@@ -51,6 +51,17 @@ func (s *textSink) begin(info TraceInfo, signals bool) error {
 	for _, m := range info.Missing {
 		s.printf("not observable: %s (%s)\n", m.Symbol, m.Why)
 	}
+	if len(info.LossCounted) > 0 {
+		var unseen []string
+		for _, c := range []string{event.LostMissed, event.LostRecursion} {
+			if !slices.Contains(info.LossCounted, c) {
+				unseen = append(unseen, event.LostWords(c))
+			}
+		}
+		if len(unseen) > 0 {
+			s.printf("not counted: events lost to %s (this kernel keeps no such count)\n", strings.Join(unseen, " or "))
+		}
+	}
 	s.printf("\n")
 	return nil
 }

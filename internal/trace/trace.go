@@ -57,6 +57,9 @@ type Header struct {
 	// size of the events ring klptop chose for them.
 	Tasks     int    `json:"tasks,omitempty"`
 	RingBytes uint32 `json:"ring_bytes,omitempty"`
+	// LossCounted (1.9): the causes of loss (event.Lost*) the recorder
+	// counted; a loss of another cause would have gone unseen.
+	LossCounted []string `json:"loss_counted,omitempty"`
 	// Command run under `klptop record -- COMMAND`, if any.
 	Command []string `json:"command,omitempty"`
 }
