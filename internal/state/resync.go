@@ -123,6 +123,12 @@ func (s *State) endResync(e event.Event) {
 	seen := make(map[int]bool, len(r.tasks))
 	for _, te := range r.tasks {
 		seen[Key(te)] = true
+		if t := s.Tasks[Key(te)]; t != nil && len(t.Stack) > 0 {
+			// The stack a check judged (read with it from /proc) stands:
+			// the iterator's, read at another moment, may not show the
+			// function the check found.
+			te.Stack = nil
+		}
 		s.taskSnapshot(te)
 	}
 	for k, t := range s.Tasks {

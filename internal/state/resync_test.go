@@ -28,7 +28,9 @@ func patchingStall(s *State) {
 	s.Apply(initTr(10*sec, "p", 1))
 	s.Apply(ev(10*sec, event.SweepStart))
 	s.Apply(check(10*sec, 1, "systemd", event.ReasonSwitched, ""))
-	s.Apply(check(10*sec, 42, "kworker/0:1", event.ReasonSleeping, "f"))
+	blocked := check(10*sec, 42, "kworker/0:1", event.ReasonSleeping, "f")
+	blocked.Stack = []string{"f+0x10/0x20", "worker_thread+0x1a6/0x310"}
+	s.Apply(blocked)
 	s.Apply(check(10*sec, 100, "bash", event.ReasonSwitched, ""))
 	s.Apply(event.Event{Time: 10 * sec, Type: event.SweepEnd, Pending: 1})
 }
@@ -44,10 +46,12 @@ func TestResyncRepairsTasks(t *testing.T) {
 	if s.LostSinceResync() != 9 || s.Transition.Lost != 9 {
 		t.Fatalf("lost since resync %d, in the transition %d; want 9, 9", s.LostSinceResync(), s.Transition.Lost)
 	}
+	kw := snapTask(12*sec, 42, "kworker/0:1", 0)
+	kw.Stack = []string{"msleep+0x1b/0x30", "ftrace_trampoline+0x108b [__builtin__ftrace]"}
+	nw := snapTask(12*sec, 300, "new", 0)
+	nw.Stack = []string{"do_sys_poll+0x1/0x2"}
 	for _, e := range resync(12*sec, 9, []event.Event{snapPatch(12*sec, "p", 0, true, true)},
-		snapTask(12*sec, 1, "systemd", 1),
-		snapTask(12*sec, 42, "kworker/0:1", 0),
-		snapTask(12*sec, 300, "new", 0)) {
+		snapTask(12*sec, 1, "systemd", 1), kw, nw) {
 		s.Apply(e)
 		if s.Transition == nil {
 			t.Fatalf("after %v: the transition ended", e)
@@ -64,8 +68,11 @@ func TestResyncRepairsTasks(t *testing.T) {
 	if len(pend) != 2 || s.Transition.Total != 3 || s.Transition.Switched != 1 {
 		t.Errorf("pending %v, total %d, switched %d; want [42 300], 3, 1", pend, s.Transition.Total, s.Transition.Switched)
 	}
-	if tk := s.Task(42); tk.Reason != event.ReasonSleeping || tk.PendingSince != 10*sec {
-		t.Errorf("the blocker lost its story: %+v", tk)
+	if tk := s.Task(42); tk.Reason != event.ReasonSleeping || tk.PendingSince != 10*sec || len(tk.Stack) == 0 || tk.Stack[0] != "f+0x10/0x20" {
+		t.Errorf("the blocker lost its story (its stack is the one its check judged): %+v", tk)
+	}
+	if tk := s.Task(300); len(tk.Stack) != 1 {
+		t.Errorf("a task new to the state has no stack from the resync: %+v", tk)
 	}
 	if s.LostSinceResync() != 0 || len(s.Repairs) != 1 {
 		t.Fatalf("lost since resync %d, repairs %d; want 0, 1", s.LostSinceResync(), len(s.Repairs))
