@@ -62,6 +62,12 @@ enum klptop_path {
 #define EVF_WANT_STACK 0x2 /* task_check: (pid, ret, func) differs from this task's last check */
 #define EVF_BRACKET 0x4    /* callback: timed from the kernel's steps around it, not probed */
 #define EVF_FAILED 0x8     /* callback: a pre-patch callback whose failure cancelled the enable */
+/*
+ * sweep_start, sweep_end: a successful check is sent only for a task that
+ * failed one earlier in this transition; the others are counted in
+ * sweep_end's aggregated.
+ */
+#define EVF_AGGREGATE 0x10
 
 /* Callback kinds, in struct klp_callbacks order (version - 1 of EV_CALLBACKS and of a bracketed EV_CALLBACK) */
 enum klptop_callback {
@@ -94,7 +100,7 @@ struct event {
 	char func[KLPTOP_FUNC_LEN];
 	__u64 id;      /* EV_KLP_STATE: klp_state.id */
 	__u32 version; /* EV_KLP_STATE: klp_state.version */
-	__u32 _pad2;
+	__u32 aggregated; /* EV_SWEEP_END: successful checks counted, not sent */
 };
 
 /* One per task from the iter/task program, followed by stack_len u64 addresses. */

@@ -123,6 +123,7 @@ __u64 sweep_task; /* task_struct running it */
 __u64 sweep_start_ns;
 __u32 sweep_pending;
 __u32 sweep_checked;
+__u32 sweep_aggregated;
 
 static __always_inline int task_patch_state(struct task_struct *t)
 {
@@ -336,7 +337,13 @@ static __always_inline int sweep_start(void)
 	sweep_start_ns = bpf_ktime_get_ns();
 	sweep_pending = 0;
 	sweep_checked = 0;
-	return emit_simple(EV_SWEEP_START);
+	sweep_aggregated = 0;
+	struct event *e = reserve(EV_SWEEP_START);
+	if (!e)
+		return 0;
+	e->flags |= EVF_AGGREGATE;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
 }
 
 SEC("kprobe/klp_try_complete_transition")
@@ -361,6 +368,8 @@ static __always_inline int sweep_end(void)
 		e->duration = e->time - sweep_start_ns;
 	e->pending = sweep_pending;
 	e->checked = sweep_checked;
+	e->aggregated = sweep_aggregated;
+	e->flags |= EVF_AGGREGATE;
 	sweep_start_ns = 0;
 	sweep_task = 0;
 	bpf_ringbuf_submit(e, 0);
@@ -432,6 +441,25 @@ static __always_inline int check_return(long rc)
 	if (ret)
 		sweep_pending++;
 
+	__u64 key = (__u64)task;
+	__u32 pid = BPF_CORE_READ(task, pid);
+	__u64 gen = transition_gen;
+	struct last_check *lc = bpf_map_lookup_elem(&last_checks, &key);
+	bool blocked = lc && lc->pid == pid && lc->gen == gen;
+
+	/*
+	 * A first sweep switches nearly every task: one record each would
+	 * need a ring as large as the thread list. Only a task that blocked
+	 * the transition has its switch told; sweep_end counts the others,
+	 * and user space switches every pending task the sweep did not fail.
+	 */
+	if (ret == 0 && !blocked && sweep_probed) {
+		sweep_aggregated++;
+		if (lc)
+			bpf_map_delete_elem(&last_checks, &key);
+		return 0;
+	}
+
 	const char *fn = 0;
 	if (ret == -EADDRINUSE)
 		bpf_probe_read_kernel(&fn, sizeof(fn), oldname);
@@ -450,17 +478,12 @@ static __always_inline int check_return(long rc)
 	 * stack only when the outcome changes. bpf_get_task_stack() cannot be
 	 * used here: it wants a BTF-typed task, which a kprobe does not have.
 	 */
-	__u64 key = (__u64)task;
 	if (ret == 0) {
 		bpf_map_delete_elem(&last_checks, &key);
-	} else {
-		struct last_check *lc = bpf_map_lookup_elem(&last_checks, &key);
-		__u64 gen = transition_gen;
-		if (!lc || lc->pid != e->pid || lc->ret != ret || lc->func != (__u64)fn || lc->gen != gen) {
-			struct last_check n = { .pid = e->pid, .ret = ret, .func = (__u64)fn, .gen = gen };
-			bpf_map_update_elem(&last_checks, &key, &n, BPF_ANY);
-			e->flags |= EVF_WANT_STACK;
-		}
+	} else if (!blocked || lc->ret != ret || lc->func != (__u64)fn) {
+		struct last_check n = { .pid = pid, .ret = ret, .func = (__u64)fn, .gen = gen };
+		bpf_map_update_elem(&last_checks, &key, &n, BPF_ANY);
+		e->flags |= EVF_WANT_STACK;
 	}
 	bpf_ringbuf_submit(e, 0);
 	return 0;

@@ -32,11 +32,13 @@ const (
 	// TransitionForce: klp_force_transition(), sysfs force: every task switched.
 	TransitionForce Type = "transition_force"
 	// SweepStart and SweepEnd bracket klp_try_complete_transition(); SweepEnd
-	// carries Duration and Pending (tasks whose check failed in this sweep).
+	// carries Duration, Checked (tasks checked), Pending (tasks whose check
+	// failed in this sweep) and, in an Aggregate sweep, Aggregated.
 	SweepStart Type = "sweep_start"
 	SweepEnd   Type = "sweep_end"
 	// TaskCheck: klp_check_and_switch_task() returned for the subject task.
-	// Reason ReasonSwitched means the sweep switched it.
+	// Reason ReasonSwitched means the sweep switched it; in an Aggregate
+	// sweep only a task that failed a check before has one.
 	TaskCheck Type = "task_check"
 	// TaskSwitch: the subject task reached PatchState by Path (user, idle, fork).
 	// Switches by a sweep are TaskCheck events; by force, TransitionForce.
@@ -302,6 +304,12 @@ type Event struct {
 	Duration uint64 `json:"duration_ns,omitempty"`
 	Pending  int    `json:"pending,omitempty"`
 	Checked  int    `json:"checked,omitempty"`
+	// SweepStart and SweepEnd (1.10): Aggregate, the sweep's successful
+	// checks are sent only for tasks that failed one earlier in the
+	// transition; Aggregated, at SweepEnd, counts the others. Every task
+	// pending before such a sweep and not failed in it was switched by it.
+	Aggregate  bool `json:"aggregate,omitempty"`
+	Aggregated int  `json:"aggregated,omitempty"`
 
 	// Lost.
 	Count uint64 `json:"count,omitempty"`

@@ -16,14 +16,15 @@ const (
 	patchLen = 56
 	funcLen  = 128
 
-	offComm     = 56
-	offPatch    = offComm + commLen
-	offFunc     = offPatch + patchLen
-	offID       = offFunc + funcLen
-	offVersion  = offID + 8
-	eventSize   = offVersion + 8
-	offRunning  = 16 + commLen
-	taskRecSize = offRunning + 8
+	offComm       = 56
+	offPatch      = offComm + commLen
+	offFunc       = offPatch + patchLen
+	offID         = offFunc + funcLen
+	offVersion    = offID + 8
+	offAggregated = offVersion + 4
+	eventSize     = offVersion + 8
+	offRunning    = 16 + commLen
+	taskRecSize   = offRunning + 8
 )
 
 // enum klptop_event_type
@@ -70,6 +71,7 @@ const (
 	flagWantStack = 0x2
 	flagBracket   = 0x4
 	flagFailed    = 0x8
+	flagAggregate = 0x10
 )
 
 // rawEvent is a decoded struct event plus what is not in event.Event.
@@ -144,6 +146,13 @@ func decodeEvent(b []byte) (rawEvent, error) {
 	switch e.Type {
 	case event.ModuleComing, event.ModuleGoing, event.ModuleApply, event.ModuleRevert:
 		e.Object, e.Func = e.Func, "" // the module
+	}
+	switch e.Type {
+	case event.SweepStart, event.SweepEnd:
+		e.Aggregate = flags&flagAggregate != 0
+		if e.Type == event.SweepEnd {
+			e.Aggregated = int(le.Uint32(b[offAggregated:]))
+		}
 	}
 	if e.Type == event.TaskCheck {
 		e.Reason = event.ReasonFor(e.Ret)

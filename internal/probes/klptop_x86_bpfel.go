@@ -243,6 +243,7 @@ const (
 	klptopVarKlpShadowHashAddr                  = "klp_shadow_hash_addr"
 	klptopVarLostEvents                         = "lost_events"
 	klptopVarSchedInSchedule                    = "sched_in_schedule"
+	klptopVarSweepAggregated                    = "sweep_aggregated"
 	klptopVarSweepChecked                       = "sweep_checked"
 	klptopVarSweepPending                       = "sweep_pending"
 	klptopVarSweepProbed                        = "sweep_probed"
@@ -426,6 +427,7 @@ type klptopVariableSpecs struct {
 	KlpShadowHashAddr *ebpf.VariableSpec `ebpf:"klp_shadow_hash_addr"`
 	LostEvents        *ebpf.VariableSpec `ebpf:"lost_events"`
 	SchedInSchedule   *ebpf.VariableSpec `ebpf:"sched_in_schedule"`
+	SweepAggregated   *ebpf.VariableSpec `ebpf:"sweep_aggregated"`
 	SweepChecked      *ebpf.VariableSpec `ebpf:"sweep_checked"`
 	SweepPending      *ebpf.VariableSpec `ebpf:"sweep_pending"`
 	SweepProbed       *ebpf.VariableSpec `ebpf:"sweep_probed"`
@@ -510,6 +512,7 @@ type klptopVariables struct {
 	KlpShadowHashAddr *ebpf.Variable `ebpf:"klp_shadow_hash_addr"`
 	LostEvents        *ebpf.Variable `ebpf:"lost_events"`
 	SchedInSchedule   *ebpf.Variable `ebpf:"sched_in_schedule"`
+	SweepAggregated   *ebpf.Variable `ebpf:"sweep_aggregated"`
 	SweepChecked      *ebpf.Variable `ebpf:"sweep_checked"`
 	SweepPending      *ebpf.Variable `ebpf:"sweep_pending"`
 	SweepProbed       *ebpf.Variable `ebpf:"sweep_probed"`

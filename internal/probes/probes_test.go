@@ -205,7 +205,7 @@ func TestEventLayout(t *testing.T) {
 	for name, want := range map[string]uint32{"time": 0, "duration": 8, "type": 16, "cpu": 20,
 		"pid": 24, "tgid": 28, "ret": 32, "target": 36, "patch_state": 40, "pending": 44,
 		"checked": 48, "flags": 52, "path": 53, "comm": offComm, "patch": offPatch, "func": offFunc,
-		"id": offID, "version": offVersion} {
+		"id": offID, "version": offVersion, "aggregated": offAggregated} {
 		if off[name] != want {
 			t.Errorf("event.%s at %d, decoder reads %d", name, off[name], want)
 		}

@@ -152,6 +152,13 @@ func (k *Tracker) Apply(e event.Event) *Ended {
 		if b := k.blockers[Key(e)]; b != nil && e.PatchState == k.cur.Target {
 			k.switched(b, now, e.Path)
 		}
+	case event.SweepEnd:
+		// An aggregate sweep's switches of tasks whose check was not sent.
+		for key, b := range k.blockers {
+			if t := s.Tasks[key]; b.open && t != nil && t.PatchState == k.cur.Target && t.SwitchedAt == e.Time {
+				k.switched(b, now, t.SwitchPath)
+			}
+		}
 	case event.TransitionForce:
 		k.closeAll(now, event.PathForce)
 	case event.TaskExit:

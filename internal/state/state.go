@@ -59,9 +59,11 @@ type State struct {
 	SnapshotDone bool
 
 	// sweepChecked holds the tasks checked since the current sweep began,
-	// nil outside a sweep; lostAtSweep is Lost when it began.
+	// nil outside a sweep; lostAtSweep is Lost when it began; aggregate:
+	// the sweep sends successful checks only for blockers (event.Aggregate).
 	sweepChecked map[int]bool
 	lostAtSweep  uint64
+	aggregate    bool
 	// Funcs are the patched functions by object and name (see FuncList).
 	Funcs map[string]*Func
 	// Shadows are the shadow variable counts by shadow id (see ShadowList).
@@ -301,15 +303,16 @@ func (s *State) Apply(e event.Event) {
 		if tr := s.Transition; tr != nil {
 			tr.Sweeps++
 			s.sweepChecked, s.lostAtSweep = map[int]bool{}, s.Lost
+			s.aggregate = e.Aggregate
 		}
 	case event.SweepEnd:
 		if tr := s.Transition; tr != nil {
 			tr.LastSweep = e.Time
 			tr.LastSweepDuration = e.Duration
 			tr.LastSweepPending = max(e.Pending, 0)
-			s.dropUnchecked()
+			s.sweepDone(e.Time)
 		}
-		s.sweepChecked = nil
+		s.sweepChecked, s.aggregate = nil, false
 	case event.TaskCheck:
 		s.taskCheck(e)
 	case event.TaskSwitch:
@@ -622,6 +625,27 @@ func (s *State) taskCheck(e event.Event) {
 	}
 }
 
+// sweepDone settles the tasks the sweep that ends at at did not report
+// although we hold them pending. An aggregate sweep switched them (it sends
+// every failed check); another sweep did not check them (dropUnchecked).
+func (s *State) sweepDone(at uint64) {
+	tr := s.Transition
+	if tr == nil || s.sweepChecked == nil {
+		return
+	}
+	if !s.aggregate {
+		s.dropUnchecked()
+		return
+	}
+	for k, t := range s.Tasks {
+		if participates(t.PatchState) && t.PatchState != tr.Target && !s.sweepChecked[k] {
+			s.setState(t, tr.Target, at)
+			t.SwitchPath, t.SwitchedAt = event.PathSweep, at
+			t.Reason, t.Func = "", ""
+		}
+	}
+}
+
 // dropUnchecked forgets the tasks a whole sweep did not check although we
 // hold them pending. klp_try_complete_transition walks every thread and calls
 // klp_check_and_switch_task for each one not yet at the target, so such a
@@ -735,8 +759,8 @@ func (s *State) finish(e event.Event, cancelled bool) {
 	}
 	// The sweep that completes a transition calls klp_complete_transition
 	// before it returns: it has checked every pending task, so one it did
-	// not check is gone, as at a sweep's end.
-	s.dropUnchecked()
+	// not report is settled as at a sweep's end.
+	s.sweepDone(tr.End)
 	// Freeze the counters as they were at the end, then idle every task as
 	// klp_complete_transition does.
 	if !cancelled {

@@ -21,7 +21,7 @@ const Format = "klptop-trace"
 // bump only adds fields or event types, which older readers skip.
 const (
 	Major = 1
-	Minor = 9
+	Minor = 10
 )
 
 // Missing is a kernel function klptop wanted to probe and could not.

@@ -221,9 +221,11 @@ func TestRecordStall(t *testing.T) {
 // two are checked against each other: klp_init_transition sets every task to
 // the opposite of the target, tasks then switch one by one (a sweep, their
 // own way out, or fork inheriting the parent's state), and completion sets
-// every task back to idle.
+// every task back to idle. An aggregate sweep switched every pending task
+// it did not report failing.
 func foldPatchState(evs []event.Event, pid int, at uint64) int {
 	state, inTransition, target := event.StateIdle, false, event.StatePatched
+	aggregate, failed := false, false
 	for _, e := range evs {
 		// Skip, not stop: the kernel's events come in causal order, but
 		// events klptop derives in user space may be written among them
@@ -245,9 +247,18 @@ func foldPatchState(evs []event.Event, pid int, at uint64) int {
 			if e.PID == pid {
 				state = e.PatchState
 			}
+		case event.SweepStart:
+			aggregate, failed = e.Aggregate, false
+		case event.SweepEnd:
+			if aggregate && e.Aggregate && inTransition && state == 1-target && !failed {
+				state = target
+			}
+			aggregate = false
 		case event.TaskCheck:
 			if e.PID == pid && e.Reason == event.ReasonSwitched {
 				state = target
+			} else if e.PID == pid {
+				failed = true
 			}
 		case event.TaskSwitch:
 			if e.PID == pid {

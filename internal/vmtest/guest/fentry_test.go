@@ -179,16 +179,27 @@ func TestFentryBackend(t *testing.T) {
 			}
 		}
 		// Every check carries the kernel's verdict: fexit reads the
-		// return value like the kretprobe did.
+		// return value like the kretprobe did, and the sweeps count the
+		// successful checks they did not send (aggregate).
 		reasons := map[string]int{}
+		aggregated := 0
 		for _, e := range fe.events {
-			if e.Type == event.TaskCheck {
+			switch e.Type {
+			case event.TaskCheck:
 				reasons[e.Reason]++
+			case event.SweepEnd:
+				if !e.Aggregate {
+					t.Errorf("fentry: sweep_end at %d not aggregate", e.Time)
+				}
+				aggregated += e.Aggregated
+				if e.Aggregated+e.Pending > e.Checked {
+					t.Errorf("fentry: sweep_end at %d: %d aggregated and %d pending of %d checked", e.Time, e.Aggregated, e.Pending, e.Checked)
+				}
 			}
 		}
-		t.Logf("fentry task_check reasons: %v", reasons)
-		if reasons[event.ReasonSwitched] == 0 || reasons[""] > 0 {
-			t.Errorf("fentry task_check reasons %v: want switched ones and none without a reason", reasons)
+		t.Logf("fentry task_check reasons: %v; %d successful checks aggregated", reasons, aggregated)
+		if aggregated == 0 || reasons[""] > 0 {
+			t.Errorf("fentry task_check reasons %v, %d aggregated: want aggregated switches and no check without a reason", reasons, aggregated)
 		}
 	})
 	t.Run("kernel_log", func(t *testing.T) { checkAgainstKernelLog(t, fe, klog) })

@@ -67,6 +67,13 @@ func startRecordTo(t *testing.T, path, script string) func() *recording {
 // startRecordArgs is startRecordTo with extra klptop record flags.
 func startRecordArgs(t *testing.T, path, script string, flags ...string) func() *recording {
 	t.Helper()
+	wait, _ := startRecordProc(t, path, script, flags...)
+	return wait
+}
+
+// startRecordProc is startRecordArgs that also gives the klptop process.
+func startRecordProc(t *testing.T, path, script string, flags ...string) (func() *recording, *os.Process) {
+	t.Helper()
 	needKlptop(t)
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -109,7 +116,7 @@ func startRecordArgs(t *testing.T, path, script string, flags ...string) func() 
 		t.Logf("klptop record output:\n%s", out)
 		// A ring sized by hand is the lossy case, checked by its test.
 		return readTraceLossy(t, path, slices.Contains(flags, "--ring-size"))
-	}
+	}, cmd.Process
 }
 
 func readTrace(t *testing.T, path string) *recording {
