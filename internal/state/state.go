@@ -628,9 +628,11 @@ func (s *State) taskCheck(e event.Event) {
 // sweepDone settles the tasks the sweep that ends at at did not report
 // although we hold them pending. An aggregate sweep switched them (it sends
 // every failed check); another sweep did not check them (dropUnchecked).
+// After a loss inside the sweep a missing report proves nothing: the
+// resync that follows the loss settles them.
 func (s *State) sweepDone(at uint64) {
 	tr := s.Transition
-	if tr == nil || s.sweepChecked == nil {
+	if tr == nil || s.sweepChecked == nil || s.Lost != s.lostAtSweep {
 		return
 	}
 	if !s.aggregate {
@@ -651,13 +653,9 @@ func (s *State) sweepDone(at uint64) {
 // klp_check_and_switch_task for each one not yet at the target, so such a
 // task has exited unseen (release_task not probed, or its return missed)
 // or switched where klptop could not see it; either way it does not block
-// the transition. Not after lost events: then the missing check may be
-// what was lost.
+// the transition. Only from sweepDone, which holds it back after a loss.
 func (s *State) dropUnchecked() {
 	tr := s.Transition
-	if tr == nil || s.sweepChecked == nil || s.Lost != s.lostAtSweep {
-		return
-	}
 	for k, t := range s.Tasks {
 		if participates(t.PatchState) && t.PatchState != tr.Target && !s.sweepChecked[k] {
 			s.setState(t, event.StateIdle, s.Now)

@@ -156,3 +156,28 @@ func TestAggregateSweepCompletesHandMade(t *testing.T) {
 		t.Errorf("%d tasks kept, want 2", len(s.Tasks))
 	}
 }
+
+// Hand-made: events lost inside an aggregate sweep may have been its failed
+// checks, so the tasks it did not report stay pending for the resync.
+func TestAggregateSweepAfterLossHandMade(t *testing.T) {
+	s := New()
+	for _, e := range []event.Event{
+		{Time: 1, Type: event.TaskSnapshot, PID: 10, Comm: "a", PatchState: -1},
+		{Time: 1, Type: event.TaskSnapshot, PID: 11, Comm: "b", PatchState: -1},
+		{Time: 1, Type: event.SnapshotEnd},
+		{Time: 2, Type: event.TransitionInit, Patch: "p", Target: 1},
+		{Time: 3, Type: event.SweepStart, Aggregate: true},
+		{Time: 4, Type: event.Lost, Count: 1, Reason: event.LostRingFull},
+		{Time: 5, Type: event.SweepEnd, Aggregate: true, Checked: 2, Pending: 1, Aggregated: 1},
+	} {
+		s.Apply(e)
+	}
+	for _, pid := range []int{10, 11} {
+		if ts := s.Tasks[pid]; ts == nil || ts.PatchState != 0 {
+			t.Errorf("pid %d: %+v, want still pending (unpatched)", pid, ts)
+		}
+	}
+	if p := s.Pending(); len(p) != 2 {
+		t.Errorf("pending %d, want 2", len(p))
+	}
+}
