@@ -62,7 +62,7 @@ var NotObservable = [][2]string{
 	{"klp_force_transition", "polling: a forced transition looks like a completed one"},
 	{"klp_ops", "polling: function stacks not observable"},
 	{"idle tasks", "polling: the per-CPU idle tasks are not in /proc"},
-	{"event times", "polling: each event has the time of the poll that saw the change"},
+	{"event times", "polling: each event has the time the poll read the change"},
 }
 
 // Poller diffs successive reads of sysfs and /proc. It is not safe for
@@ -178,14 +178,19 @@ func (p *Poller) Snapshot() ([]event.Event, error) {
 // Poll reads sysfs and, while a transition runs, every thread, and returns
 // events for what changed since the previous Poll or Snapshot.
 func (p *Poller) Poll() ([]event.Event, error) {
-	now := p.Now()
 	ps, err := sysfs.Patches(p.root)
 	if err != nil {
 		return nil, err
 	}
+	var now uint64 // after the reads: an event is never stamped before the change it tells
 	var out []event.Event
+	// The scan stamps each thread's events with the time it read the
+	// thread: a switch seen late in a long scan may have happened after
+	// sysfs was read.
 	ev := func(e event.Event) {
-		e.Time = now
+		if e.Time == 0 {
+			e.Time = now
+		}
 		out = append(out, e)
 	}
 	// After sysfs: the kernel logs a completion before "transition" drops.
@@ -196,6 +201,7 @@ func (p *Poller) Poll() ([]event.Event, error) {
 			p.logged[k] = true
 		}
 	}
+	now = p.Now()
 	logged := p.logged
 	patched := ""
 	cur := make(map[string]sysfs.Patch, len(ps))
@@ -418,6 +424,7 @@ func (p *Poller) scan(ev func(event.Event), ps []sysfs.Patch) {
 		if err != nil {
 			continue // exited while we looked
 		}
+		at := p.Now()
 		seen[th.tid] = true
 		t := p.tasks[th.tid]
 		if t == nil {
@@ -431,12 +438,12 @@ func (p *Poller) scan(ev func(event.Event), ps []sysfs.Patch) {
 			// transition, which it did with this one at the target: it
 			// switched since the last poll, then the transition ended
 			// between reading sysfs and reading this thread.
-			ev(event.Event{Type: event.TaskSwitch, PID: th.tid, TGID: t.tgid, Comm: t.comm,
+			ev(event.Event{Time: at, Type: event.TaskSwitch, PID: th.tid, TGID: t.tgid, Comm: t.comm,
 				PatchState: tr.target, Path: PathPoll, Target: tr.target})
 			t.state = tr.target
 		}
 		if st != t.state {
-			ev(event.Event{Type: event.TaskSwitch, PID: th.tid, TGID: t.tgid, Comm: t.comm,
+			ev(event.Event{Time: at, Type: event.TaskSwitch, PID: th.tid, TGID: t.tgid, Comm: t.comm,
 				PatchState: st, Path: PathPoll, Target: tr.target})
 			t.state = st
 		}
@@ -444,7 +451,7 @@ func (p *Poller) scan(ev func(event.Event), ps []sysfs.Patch) {
 			continue
 		}
 		reason, fn, stack := p.reason(th, blocking)
-		e := event.Event{Type: event.TaskCheck, PID: th.tid, TGID: t.tgid, Comm: t.comm,
+		e := event.Event{Time: at, Type: event.TaskCheck, PID: th.tid, TGID: t.tgid, Comm: t.comm,
 			Patch: tr.patch, Target: tr.target, Reason: reason, Func: fn, PatchState: st}
 		if s := strings.Join(stack, "\n"); s != t.stack || reason != t.reason || fn != t.fn {
 			e.Stack = stack
@@ -465,10 +472,11 @@ func (p *Poller) scan(ev func(event.Event), ps []sysfs.Patch) {
 		}
 	}
 	slices.Sort(gone)
+	end := p.Now()
 	for _, tid := range gone {
 		if t := p.tasks[tid]; t != nil {
 			if participates(t.state) && t.state != tr.target {
-				ev(event.Event{Type: event.TaskSwitch, PID: tid, TGID: t.tgid, Comm: t.comm,
+				ev(event.Event{Time: end, Type: event.TaskSwitch, PID: tid, TGID: t.tgid, Comm: t.comm,
 					PatchState: event.StateIdle, Path: PathExit, Target: tr.target})
 			}
 		}

@@ -525,3 +525,38 @@ func TestCompletionLoggedAfterSysfsRead(t *testing.T) {
 		expect(t, then, mustPoll(t, p))
 	}
 }
+
+// TestSwitchStampedWhenRead (hand-made): the kernel switches the kworker
+// while a poll's scan runs. Its switch must not carry the poll's start,
+// a time before it happened, but the time it was read.
+func TestSwitchStampedWhenRead(t *testing.T) {
+	h := newHandMade(t)
+	p := h.poller()
+	if _, err := p.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	h.patch("test_klp_callbacks_demo", true, true, "test_klp_callbacks_busy:busymod_work_func")
+	for _, x := range [][2]int{{1, 1}, {100, 100}, {100, 101}} {
+		h.setState(x[0], x[1], 1)
+	}
+	h.setState(22, 22, 0)
+	h.setStack(22, 22, "msleep+0x29/0x40\nbusymod_work_func+0x38/0x4d [test_klp_callbacks_busy]\n")
+	mustPoll(t, p)
+
+	// The clock's first read in the next poll is its start; the kworker
+	// switches just after it, before the scan reaches it.
+	var start uint64
+	p.Now = func() uint64 {
+		h.now += 1_000_000
+		if start == 0 {
+			start = h.now
+			h.setState(22, 22, 1)
+		}
+		return h.now
+	}
+	evs := mustPoll(t, p)
+	expect(t, "switched in the scan", evs, "task_switch 22->1 poll")
+	if evs[0].Time <= start {
+		t.Errorf("the kworker's switch stamped %d, not after the poll's start %d, before which it was pending", evs[0].Time, start)
+	}
+}

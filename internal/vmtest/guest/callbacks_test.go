@@ -36,10 +36,10 @@ func TestCallbacks(t *testing.T) {
 settle test_klp_callbacks_demo
 sleep 2 # klptop probes a new patch's callbacks: seconds under emulation
 modprobe test_klp_callbacks_mod
-rmmod test_klp_callbacks_mod
+unload test_klp_callbacks_mod
 echo 0 > $lp/test_klp_callbacks_demo/enabled
 gone test_klp_callbacks_demo
-rmmod test_klp_callbacks_demo
+unload test_klp_callbacks_demo
 if modprobe test_klp_callbacks_demo pre_patch_ret=-19; then echo "enable did not fail"; exit 1; fi
 `)()
 	if !slices.Contains(rec.header.Attached, event.CallbacksPoint) {

@@ -22,7 +22,7 @@ modprobe livepatch-sample
 while [ "$(cat $lp/transition)" != 0 ]; do sleep 0.05; done
 echo 0 > $lp/enabled
 while [ -e $lp ]; do sleep 0.05; done
-rmmod livepatch_sample
+unload livepatch_sample
 `
 
 // TestRecordSample: the transitions of the sample livepatch, as klptop
@@ -87,7 +87,7 @@ echo 0 > /sys/module/test_klp_callbacks_busy/parameters/block_transition
 while [ "$(cat $lp/transition)" != 0 ]; do sleep 0.05; done
 echo 0 > $lp/enabled
 while [ -e $lp ]; do sleep 0.05; done
-rmmod test_klp_callbacks_demo test_klp_callbacks_busy
+unload test_klp_callbacks_demo test_klp_callbacks_busy
 `
 
 const busyFunc = "busymod_work_func"

@@ -33,7 +33,7 @@ sleep 2
 echo 0 > $lp/enabled
 while [ -e $lp ]; do sleep 0.05; done
 sleep 2
-rmmod livepatch_sample
+unload livepatch_sample
 `
 
 // attachLine is klptop's start-up note: "N probes attached (BACKEND) in D".

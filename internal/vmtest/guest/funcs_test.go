@@ -225,12 +225,12 @@ modprobe livepatch-sample; wait_idle livepatch_sample
 modprobe test_klp_livepatch; wait_idle test_klp_livepatch
 modprobe test_klp_atomic_replace replace=1; wait_idle test_klp_atomic_replace
 while [ -e $lp/livepatch_sample ] || [ -e $lp/test_klp_livepatch ]; do sleep 0.05; done
-rmmod test_klp_livepatch livepatch_sample
+unload test_klp_livepatch livepatch_sample
 sleep 2
 echo 0 > $lp/test_klp_atomic_replace/enabled
 while [ -e $lp/test_klp_atomic_replace ]; do sleep 0.05; done
 sleep 2
-rmmod test_klp_atomic_replace
+unload test_klp_atomic_replace
 `
 
 // TestRecordFuncStacks: the stacks klptop record re-reads as they change.

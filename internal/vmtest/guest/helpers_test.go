@@ -71,6 +71,19 @@ func startRecordArgs(t *testing.T, path, script string, flags ...string) func() 
 	return wait
 }
 
+// moduleLib is prepended to every recorded script. `unload M...` is rmmod
+// once nothing holds the modules, as the kernel's selftests unload: the
+// livepatch core drops its hold on a patch's module only after the patch
+// left sysfs, and rmmod fails (EAGAIN) until then. Bounded: 10 s a module.
+const moduleLib = `unload() {
+	for m; do
+		i=0
+		while [ -e /sys/module/$m ] && [ "$(cat /sys/module/$m/refcnt)" != 0 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+	done
+	rmmod "$@"
+}
+`
+
 // startRecordProc is startRecordArgs that also gives the klptop process.
 func startRecordProc(t *testing.T, path, script string, flags ...string) (func() *recording, *os.Process) {
 	t.Helper()
@@ -84,7 +97,7 @@ func startRecordProc(t *testing.T, path, script string, flags ...string) (func()
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	args := append(append([]string{"record", "-o", path}, flags...), "--", "sh", "-c", script)
+	args := append(append([]string{"record", "-o", path}, flags...), "--", "sh", "-c", moduleLib+script)
 	cmd := exec.CommandContext(ctx, klptopBin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGINT) }

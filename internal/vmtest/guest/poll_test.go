@@ -38,7 +38,7 @@ func startPollRecord(t *testing.T, path, script string) (int, func() *recording)
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	cmd := exec.CommandContext(ctx, klptopBin, "record", "--backend", "poll", "-o", path, "--", "sh", "-c", script)
+	cmd := exec.CommandContext(ctx, klptopBin, "record", "--backend", "poll", "-o", path, "--", "sh", "-c", moduleLib+script)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGINT) }
 	cmd.WaitDelay = 10 * time.Second

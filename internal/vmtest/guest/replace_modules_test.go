@@ -52,10 +52,10 @@ settle test_klp_livepatch
 modprobe test_klp_atomic_replace replace=1
 settle test_klp_atomic_replace
 gone test_klp_livepatch
-rmmod test_klp_livepatch
+unload test_klp_livepatch
 echo 0 > $lp/test_klp_atomic_replace/enabled
 gone test_klp_atomic_replace
-rmmod test_klp_atomic_replace
+unload test_klp_atomic_replace
 `)
 	rec, _ := s.finish()
 	var got []string
@@ -130,10 +130,10 @@ func TestModuleEvents(t *testing.T) {
 	s := startScenario(t, "modules", `modprobe test_klp_callbacks_demo
 settle test_klp_callbacks_demo
 modprobe test_klp_callbacks_mod
-rmmod test_klp_callbacks_mod
+unload test_klp_callbacks_mod
 echo 0 > $lp/test_klp_callbacks_demo/enabled
 gone test_klp_callbacks_demo
-rmmod test_klp_callbacks_demo
+unload test_klp_callbacks_demo
 `)
 	rec, klog := s.finish()
 	var logLines []string

@@ -223,7 +223,7 @@ settle livepatch_sample
 say patched; hold go
 echo 0 > $lp/livepatch_sample/enabled
 gone livepatch_sample
-rmmod livepatch_sample
+unload livepatch_sample
 `)
 	s.said("patched")
 	if got := readAttr("/proc/cmdline"); !strings.Contains(got, "this has been live patched") {
@@ -254,7 +254,7 @@ echo 0 > /sys/module/test_klp_callbacks_busy/parameters/block_transition
 settle test_klp_callbacks_demo
 echo 0 > $lp/test_klp_callbacks_demo/enabled
 gone test_klp_callbacks_demo
-rmmod test_klp_callbacks_demo test_klp_callbacks_busy
+unload test_klp_callbacks_demo test_klp_callbacks_busy
 `)
 	kw := stuckKworker(t)
 	unblocked := monoNow(t)
@@ -306,7 +306,7 @@ hold reverse
 echo 0 > $lp/test_klp_callbacks_demo/enabled
 gone test_klp_callbacks_demo
 echo 0 > /sys/module/test_klp_callbacks_busy/parameters/block_transition
-rmmod test_klp_callbacks_demo test_klp_callbacks_busy
+unload test_klp_callbacks_demo test_klp_callbacks_busy
 `)
 	kw := stuckKworker(t)
 	s.tell("reverse")
@@ -358,10 +358,10 @@ modprobe test_klp_atomic_replace replace=1
 settle test_klp_atomic_replace
 gone test_klp_livepatch
 say replaced; hold go2
-rmmod test_klp_livepatch
+unload test_klp_livepatch
 echo 0 > $lp/test_klp_atomic_replace/enabled
 gone test_klp_atomic_replace
-rmmod test_klp_atomic_replace
+unload test_klp_atomic_replace
 `)
 	s.said("first")
 	if !strings.Contains(readAttr("/proc/cmdline"), scKlpTest+": this has been live patched") {
@@ -416,7 +416,7 @@ say forced; hold go
 echo 0 > /sys/module/test_klp_callbacks_busy/parameters/block_transition
 echo 0 > $lp/test_klp_callbacks_demo/enabled
 gone test_klp_callbacks_demo
-rmmod test_klp_callbacks_demo test_klp_callbacks_busy
+unload test_klp_callbacks_demo test_klp_callbacks_busy
 `)
 	kw := stuckKworker(t)
 	s.tell("force")

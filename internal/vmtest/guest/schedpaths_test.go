@@ -42,7 +42,7 @@ echo 0 > /sys/module/test_klp_callbacks_busy/parameters/block_transition
 settle test_klp_callbacks_demo
 echo 0 > $lp/test_klp_callbacks_demo/enabled
 gone test_klp_callbacks_demo
-rmmod test_klp_callbacks_demo test_klp_callbacks_busy
+unload test_klp_callbacks_demo test_klp_callbacks_busy
 `)
 	stuckKworker(t)
 	s.tell("unblock")

@@ -89,7 +89,7 @@ func shadowFromLog(recs []kmsg) map[uint64]*shadowCounts {
 // log of its calls.
 func TestShadowVars(t *testing.T) {
 	mark := kmsgMark(t)
-	wait := startRecord(t, "shadow-vars", "modprobe test_klp_shadow_vars && rmmod test_klp_shadow_vars")
+	wait := startRecord(t, "shadow-vars", "modprobe test_klp_shadow_vars && unload test_klp_shadow_vars")
 	rec := wait()
 	want := shadowFromLog(readKmsg(t, mark))
 	if len(want) == 0 {
@@ -162,7 +162,7 @@ settle test_klp_state
 modprobe test_klp_state2
 settle test_klp_state2
 gone test_klp_state
-rmmod test_klp_state
+unload test_klp_state
 `)()
 	var seen []string
 	for _, e := range rec.events {
