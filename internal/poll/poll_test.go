@@ -85,6 +85,18 @@ func (h *handMade) unpatch(name string) {
 	}
 }
 
+// stall: test_klp_callbacks_demo is enabled and the kernel's first sweep
+// switched every task but the kworker, parked in the function the patch
+// replaces.
+func (h *handMade) stall() {
+	h.patch("test_klp_callbacks_demo", true, true, "test_klp_callbacks_busy:busymod_work_func")
+	for _, x := range [][2]int{{1, 1}, {100, 100}, {100, 101}} {
+		h.setState(x[0], x[1], 1)
+	}
+	h.setState(22, 22, 0)
+	h.setStack(22, 22, "msleep+0x29/0x40\nbusymod_work_func+0x38/0x4d [test_klp_callbacks_busy]\nprocess_one_work+0x1c7/0x380\n")
+}
+
 func btoi(b bool) int {
 	if b {
 		return 1
@@ -169,12 +181,7 @@ func TestStall(t *testing.T) {
 
 	// The patch is enabled; the kernel's first sweep switched every task
 	// but the kworker, parked in the function the patch replaces.
-	h.patch("test_klp_callbacks_demo", true, true, "test_klp_callbacks_busy:busymod_work_func")
-	for _, x := range [][2]int{{1, 1}, {100, 100}, {100, 101}} {
-		h.setState(x[0], x[1], 1)
-	}
-	h.setState(22, 22, 0)
-	h.setStack(22, 22, "msleep+0x29/0x40\nbusymod_work_func+0x38/0x4d [test_klp_callbacks_busy]\nprocess_one_work+0x1c7/0x380\n")
+	h.stall()
 	evs := mustPoll(t, p)
 	expect(t, "transition starts", evs,
 		"patch_enable test_klp_callbacks_demo",
@@ -464,12 +471,7 @@ func TestSwitchedThenCompletedMidPoll(t *testing.T) {
 	if _, err := p.Snapshot(); err != nil {
 		t.Fatal(err)
 	}
-	h.patch("test_klp_callbacks_demo", true, true, "test_klp_callbacks_busy:busymod_work_func")
-	for _, x := range [][2]int{{1, 1}, {100, 100}, {100, 101}} {
-		h.setState(x[0], x[1], 1)
-	}
-	h.setState(22, 22, 0)
-	h.setStack(22, 22, "msleep+0x29/0x40\nbusymod_work_func+0x38/0x4d [test_klp_callbacks_busy]\n")
+	h.stall()
 	mustPoll(t, p)
 	h.setState(22, 22, -1)
 	var got []string
@@ -535,12 +537,7 @@ func TestSwitchStampedWhenRead(t *testing.T) {
 	if _, err := p.Snapshot(); err != nil {
 		t.Fatal(err)
 	}
-	h.patch("test_klp_callbacks_demo", true, true, "test_klp_callbacks_busy:busymod_work_func")
-	for _, x := range [][2]int{{1, 1}, {100, 100}, {100, 101}} {
-		h.setState(x[0], x[1], 1)
-	}
-	h.setState(22, 22, 0)
-	h.setStack(22, 22, "msleep+0x29/0x40\nbusymod_work_func+0x38/0x4d [test_klp_callbacks_busy]\n")
+	h.stall()
 	mustPoll(t, p)
 
 	// The clock's first read in the next poll is its start; the kworker

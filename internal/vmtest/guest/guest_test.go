@@ -100,9 +100,10 @@ func unloadPatch(t *testing.T, patch string, mods ...string) {
 	for _, m := range mods {
 		if _, err := os.Stat("/sys/module/" + m); err == nil {
 			// The core lets go of a patch's module after it left sysfs.
-			waitRefcnt := time.Now().Add(10 * time.Second)
-			for readAttr("/sys/module/"+m+"/refcnt") != "0" && time.Now().Before(waitRefcnt) {
-				time.Sleep(50 * time.Millisecond)
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+				if r := readAttr("/sys/module/" + m + "/refcnt"); r == "0" || r == "" {
+					break
+				}
 			}
 			if out, err := exec.Command("rmmod", m).CombinedOutput(); err != nil {
 				t.Errorf("cleanup: rmmod %s: %v %s", m, err, bytes.TrimSpace(out))
