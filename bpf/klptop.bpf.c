@@ -38,6 +38,12 @@ const struct state_rec *unused_state_rec __attribute__((unused));
 #define PF_KTHREAD 0x00200000
 #define TASK_INTERRUPTIBLE 0x0001
 
+/* uapi enum values (include/uapi/linux/bpf.h); vmlinux.h here is trimmed. */
+#define BPF_RB_NO_WAKEUP 1
+#define BPF_RB_FORCE_WAKEUP 2
+#define BPF_RB_AVAIL_DATA 0
+#define BPF_RB_RING_SIZE 1
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 2 << 20);
@@ -125,6 +131,50 @@ __u32 sweep_pending;
 __u32 sweep_checked;
 __u32 sweep_aggregated;
 
+/*
+ * The reader's wake-ups are held from a transition's start (init, reverse)
+ * and from a sweep's start until the sweep ends: a reader woken there would
+ * run while the sweep checks it, fail the check (-EBUSY) and cost the
+ * transition a sweep, about a second. The sweep's end wakes it once. A hold
+ * not ended within HOLD_MAX_NS (its end missed) no longer holds, and a ring
+ * half full wakes the reader anyway: a loss would cost more.
+ */
+#define HOLD_MAX_NS (3ULL * 1000 * 1000 * 1000)
+__u64 hold_since_ns;
+__u32 held; /* records submitted unannounced since the last forced wake-up */
+
+static __always_inline void hold_wakeups(void)
+{
+	hold_since_ns = bpf_ktime_get_ns();
+}
+
+static __always_inline void submit(void *e)
+{
+	__u64 since = hold_since_ns;
+	if (since && bpf_ktime_get_ns() - since < HOLD_MAX_NS &&
+	    bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) < bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 2) {
+		held = 1;
+		bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+		return;
+	}
+	/* The default wakes only a reader that has read everything before. */
+	if (held) {
+		held = 0;
+		bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+		return;
+	}
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Ends the hold with e (which may be 0: the ring is full). */
+static __always_inline void release_wakeups(void *e)
+{
+	hold_since_ns = 0;
+	held = 0;
+	if (e)
+		bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+}
+
 static __always_inline int task_patch_state(struct task_struct *t)
 {
 	if (!bpf_core_field_exists(t->patch_state))
@@ -177,7 +227,7 @@ static __always_inline int emit_simple(__u32 type)
 {
 	struct event *e = reserve(type);
 	if (e)
-		bpf_ringbuf_submit(e, 0);
+		submit(e);
 	return 0;
 }
 
@@ -199,7 +249,7 @@ static __always_inline int enable_patch(struct klp_patch *patch)
 	if (BPF_CORE_READ(patch, replace))
 		e->flags |= EVF_REPLACE;
 	e->target = 1;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 
 	/* patch->states, the array klp_for_each_state walks: one event each. */
 	if (!bpf_core_field_exists(patch->states))
@@ -220,7 +270,7 @@ static __always_inline int enable_patch(struct klp_patch *patch)
 		se->target = 0;
 		se->id = id;
 		se->version = BPF_CORE_READ(st, version);
-		bpf_ringbuf_submit(se, 0);
+		submit(se);
 	}
 	return 0;
 }
@@ -242,12 +292,13 @@ static __always_inline int init_transition(struct klp_patch *patch, int state)
 	BPF_CORE_READ_STR_INTO(&cur_patch, patch, mod, name);
 	cur_target = state;
 	transition_gen++;
+	hold_wakeups();
 	struct event *e = reserve(EV_TRANSITION_INIT);
 	if (!e)
 		return 0;
 	if (BPF_CORE_READ(patch, replace))
 		e->flags |= EVF_REPLACE;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -292,6 +343,7 @@ static __always_inline int reverse_transition(void)
 	if (cur_target == 0 || cur_target == 1)
 		cur_target = !cur_target;
 	transition_gen++;
+	hold_wakeups();
 	return emit_simple(EV_TRANSITION_REVERSE);
 }
 
@@ -307,16 +359,22 @@ int BPF_PROG(fentry_klp_reverse_transition)
 	return reverse_transition();
 }
 
+static __always_inline int cancel_transition(void)
+{
+	release_wakeups(reserve(EV_TRANSITION_CANCEL));
+	return 0;
+}
+
 SEC("kprobe/klp_cancel_transition")
 int BPF_KPROBE(klp_cancel_transition)
 {
-	return emit_simple(EV_TRANSITION_CANCEL);
+	return cancel_transition();
 }
 
 SEC("fentry/klp_cancel_transition")
 int BPF_PROG(fentry_klp_cancel_transition)
 {
-	return emit_simple(EV_TRANSITION_CANCEL);
+	return cancel_transition();
 }
 
 SEC("kprobe/klp_force_transition")
@@ -338,11 +396,12 @@ static __always_inline int sweep_start(void)
 	sweep_pending = 0;
 	sweep_checked = 0;
 	sweep_aggregated = 0;
+	hold_wakeups();
 	struct event *e = reserve(EV_SWEEP_START);
 	if (!e)
 		return 0;
 	e->flags |= EVF_AGGREGATE;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -361,8 +420,10 @@ int BPF_PROG(fentry_klp_try_complete_transition)
 static __always_inline int sweep_end(void)
 {
 	struct event *e = reserve(EV_SWEEP_END);
-	if (!e)
+	if (!e) {
+		release_wakeups(0);
 		return 0;
+	}
 	/* Started in the middle of a sweep: its start was not seen. */
 	if (sweep_start_ns)
 		e->duration = e->time - sweep_start_ns;
@@ -372,7 +433,7 @@ static __always_inline int sweep_end(void)
 	e->flags |= EVF_AGGREGATE;
 	sweep_start_ns = 0;
 	sweep_task = 0;
-	bpf_ringbuf_submit(e, 0);
+	release_wakeups(e);
 	return 0;
 }
 
@@ -433,7 +494,7 @@ static __always_inline int check_return(long rc)
 			e->path = sched_in_schedule ? PATH_SCHEDULE : PATH_SCHED_TRY_SWITCH;
 		else
 			e->path = sched_in_schedule ? PATH_SCHEDULE : PATH_SCHED;
-		bpf_ringbuf_submit(e, 0);
+		submit(e);
 		return 0;
 	}
 
@@ -485,7 +546,7 @@ static __always_inline int check_return(long rc)
 		bpf_map_update_elem(&last_checks, &key, &n, BPF_ANY);
 		e->flags |= EVF_WANT_STACK;
 	}
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -556,7 +617,7 @@ static __always_inline int signal_sent(struct task_struct *task, unsigned int st
 	fill_task(e, task);
 	e->patch_state = task_patch_state(task);
 	e->path = (BPF_CORE_READ(task, flags) & PF_KTHREAD) ? PATH_WAKE : PATH_SIGNAL;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -614,7 +675,7 @@ static __always_inline int update_return(void)
 	fill_task(e, task);
 	e->patch_state = now;
 	e->path = (e->pid == 0 || (BPF_CORE_READ(task, flags) & PF_IDLE)) ? PATH_IDLE : PATH_USER;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -643,7 +704,7 @@ static __always_inline int copy_process(struct task_struct *child)
 	BPF_CORE_READ_STR_INTO(&e->comm, parent, comm);
 	e->patch_state = st;
 	e->path = PATH_FORK;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -719,7 +780,7 @@ int BPF_KRETPROBE(task_release_ret)
 		e->tgid = r->tgid;
 		e->patch_state = r->patch_state;
 		__builtin_memcpy(e->comm, r->comm, sizeof(e->comm));
-		bpf_ringbuf_submit(e, 0);
+		submit(e);
 	}
 	bpf_map_delete_elem(&release_stash, &key);
 	return 0;
@@ -1373,7 +1434,7 @@ static __always_inline int emit_module(__u32 type, struct module *mod)
 		return 0;
 	e->patch[0] = 0; /* not the transition's */
 	bpf_probe_read_kernel_str(e->func, sizeof(e->func), mod->name);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -1424,7 +1485,7 @@ static __always_inline int emit_module_obj(__u32 type, struct klp_object *obj, i
 		return 0;
 	BPF_CORE_READ_STR_INTO(&e->patch, p, mod, name);
 	bpf_probe_read_kernel_str(e->func, sizeof(e->func), BPF_CORE_READ(obj, name));
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -1458,7 +1519,7 @@ static __always_inline int emit_patch(__u32 type, struct klp_patch *p)
 	if (!e)
 		return 0;
 	BPF_CORE_READ_STR_INTO(&e->patch, p, mod, name);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -1583,7 +1644,7 @@ static long cb_obj_step(__u32 i, struct walk *w)
 		bpf_snprintf(e->func, sizeof(e->func), cb_fmt, args, sizeof(args));
 		e->id = cb[k];
 		e->version = k + 1;
-		bpf_ringbuf_submit(e, 0);
+		submit(e);
 	}
 	w->n++;
 	return 0;
@@ -1751,7 +1812,7 @@ int BPF_KRETPROBE(klp_callback_ret, long rc)
 	e->id = call.ip;
 	e->ret = (__s32)rc;
 	name_callback(e, (void *)call.obj, call.ip);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -1813,7 +1874,7 @@ static __always_inline int cb_bracket_close_body(struct klp_object *obj)
 	e->flags |= EVF_BRACKET;
 	e->version = CB_PRE_PATCH + 1;
 	name_callback(e, obj, pre);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -1929,7 +1990,7 @@ static __always_inline int cb_bracket_ret_body(long rc)
 	e->flags |= EVF_BRACKET | EVF_FAILED;
 	e->version = CB_PRE_PATCH + 1;
 	name_callback(e, o, e->id);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -2010,7 +2071,7 @@ static long cb_post_step(__u32 i, struct cb_post_walk *w)
 	e->flags |= EVF_BRACKET;
 	e->version = w->kind + 1;
 	name_callback(e, o, fn);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 

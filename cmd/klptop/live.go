@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
 
 	"github.com/klptop/klptop/internal/event"
 	"github.com/klptop/klptop/internal/poll"
@@ -62,6 +61,9 @@ func runLive(args []string, stderr io.Writer) error {
 		case <-ctx.Done():
 		}
 	}
+	if w != nil {
+		flushWhenDrained(ctx, sess, w)
+	}
 	go func() {
 		defer close(events)
 		snap, err := sess.Snapshot()
@@ -73,20 +75,7 @@ func runLive(args []string, stderr io.Writer) error {
 		}
 		sess.Read(ctx, emit)
 	}()
-	if w != nil {
-		go func() {
-			t := time.NewTicker(flushEvery)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-					w.Flush()
-				}
-			}
-		}()
-	}
+
 	if err := needTerminal(); err != nil {
 		return fail(2, "the live view needs a terminal (%v); 'klptop record -o FILE' records without one", err)
 	}

@@ -81,19 +81,8 @@ func runRecord(args []string, stderr io.Writer) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	readErr := make(chan error, 1)
+	flushWhenDrained(ctx, sess, w)
 	go func() { readErr <- sess.Read(ctx, func(e event.Event) { w.Write(e) }) }()
-	go func() {
-		t := time.NewTicker(flushEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				w.Flush()
-			}
-		}
-	}()
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
@@ -143,6 +132,28 @@ func runRecord(args []string, stderr io.Writer) error {
 		return fail(status, "")
 	}
 	return nil
+}
+
+// flushWhenDrained flushes w each time the BPF reader has read the ring
+// empty, on its goroutine: a timer of klptop's could fire during a sweep.
+// The poller, which wakes on a timer anyway, flushes every flushEvery.
+func flushWhenDrained(ctx context.Context, sess source, w *trace.Writer) {
+	if d, ok := sess.(interface{ OnDrained(func()) }); ok {
+		d.OnDrained(func() { w.Flush() })
+		return
+	}
+	go func() {
+		t := time.NewTicker(flushEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				w.Flush()
+			}
+		}
+	}()
 }
 
 // readerStopWait is how long the reader may take to stop: to drain the ring

@@ -164,6 +164,18 @@ func moduleRefs(root, mod string) int {
 	return n
 }
 
+// anyPending: some site waits for its module to come live.
+func (c *callbacks) anyPending() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, site := range c.sites {
+		if site.pending {
+			return true
+		}
+	}
+	return false
+}
+
 // placePending attaches the sites whose module has come live since.
 func (s *Session) placePending() {
 	s.cb.mu.Lock()

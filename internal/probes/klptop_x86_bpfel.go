@@ -237,6 +237,8 @@ const (
 	klptopVarCbPatch                            = "cb_patch"
 	klptopVarCurPatch                           = "cur_patch"
 	klptopVarCurTarget                          = "cur_target"
+	klptopVarHeld                               = "held"
+	klptopVarHoldSinceNs                        = "hold_since_ns"
 	klptopVarKlpMutexAddr                       = "klp_mutex_addr"
 	klptopVarKlpOpsAddr                         = "klp_ops_addr"
 	klptopVarKlpPatchesAddr                     = "klp_patches_addr"
@@ -421,6 +423,8 @@ type klptopVariableSpecs struct {
 	CbPatch           *ebpf.VariableSpec `ebpf:"cb_patch"`
 	CurPatch          *ebpf.VariableSpec `ebpf:"cur_patch"`
 	CurTarget         *ebpf.VariableSpec `ebpf:"cur_target"`
+	Held              *ebpf.VariableSpec `ebpf:"held"`
+	HoldSinceNs       *ebpf.VariableSpec `ebpf:"hold_since_ns"`
 	KlpMutexAddr      *ebpf.VariableSpec `ebpf:"klp_mutex_addr"`
 	KlpOpsAddr        *ebpf.VariableSpec `ebpf:"klp_ops_addr"`
 	KlpPatchesAddr    *ebpf.VariableSpec `ebpf:"klp_patches_addr"`
@@ -506,6 +510,8 @@ type klptopVariables struct {
 	CbPatch           *ebpf.Variable `ebpf:"cb_patch"`
 	CurPatch          *ebpf.Variable `ebpf:"cur_patch"`
 	CurTarget         *ebpf.Variable `ebpf:"cur_target"`
+	Held              *ebpf.Variable `ebpf:"held"`
+	HoldSinceNs       *ebpf.Variable `ebpf:"hold_since_ns"`
 	KlpMutexAddr      *ebpf.Variable `ebpf:"klp_mutex_addr"`
 	KlpOpsAddr        *ebpf.Variable `ebpf:"klp_ops_addr"`
 	KlpPatchesAddr    *ebpf.Variable `ebpf:"klp_patches_addr"`

@@ -123,7 +123,14 @@ type Session struct {
 
 	cb   callbacks
 	warn func(string)
+
+	onDrained func() // see OnDrained
 }
+
+// OnDrained sets f to run on Read's goroutine each time Read found the ring
+// empty: where a writer flushes without a timer of its own, which would
+// wake klptop during a sweep. Call it before Read.
+func (s *Session) OnDrained(f func()) { s.onDrained = f }
 
 // Open checks that this machine can run klptop, then loads and attaches the
 // probes. Functions the kernel lacks are reported in Info().Missing, not as

@@ -14,19 +14,30 @@ import (
 	"github.com/klptop/klptop/internal/sysfs"
 )
 
-// pollEvery bounds how late Read notices a cancelled context and reports
-// lost events. The deadline is set from the reading goroutine itself:
-// SetDeadline from another goroutine while ReadInto blocks deadlocks.
+// pollEvery bounds how often Read reads the kernel's loss counts, and how
+// late it comes back for work that waits (a resync owed, callback sites
+// whose module is not live yet). The deadline is set from the reading
+// goroutine itself: SetDeadline from another goroutine while ReadInto
+// blocks deadlocks.
 const pollEvery = 200 * time.Millisecond
 
 // Read calls fn for every event until ctx is done (then it returns nil) or
-// the session is closed (nil too). fn runs on Read's goroutine.
+// the session is closed (nil too). fn runs on Read's goroutine, and so does
+// the OnDrained function each time the ring is read empty.
+//
+// Read sleeps until the kernel writes: no timer wakes it while there is
+// nothing to do, and the probes hold their wake-ups during a transition's
+// start and its sweeps, so that no thread of klptop's is running when a
+// sweep checks it. Loss counts are read when the ring is read empty, at most
+// every pollEvery, and at the end.
 //
 // After a loss Read sends a resync (event.Resync): the kernel's state read
 // again, placed among the ring's events by its time. It reads once the
 // losses pause (a poll without new ones), or after resyncEvery while they
 // go on, and at the end if one is owed.
 func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
+	stop := context.AfterFunc(ctx, func() { _ = s.rd.Flush() })
+	defer stop()
 	var rec ringbuf.Record
 	draining, lastPass := false, false
 	for {
@@ -36,14 +47,21 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 			// An expired deadline still returns what is in the ring first.
 			draining = true
 		}
-		if draining {
+		switch {
+		case draining:
 			s.rd.SetDeadline(time.Now())
-		} else {
+		case s.waiting():
 			s.rd.SetDeadline(time.Now().Add(pollEvery))
+		default:
+			s.rd.SetDeadline(time.Time{})
 		}
 		err := s.rd.ReadInto(&rec)
 		switch {
-		case errors.Is(err, os.ErrDeadlineExceeded):
+		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
+			if !draining && s.holding() {
+				// A sweep runs: what waits, waits for its end.
+				continue
+			}
 			// The ring is empty: what was held is in order now.
 			s.release(^uint64(0), fn)
 			took := s.checkLost(draining)
@@ -54,8 +72,10 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 					continue
 				}
 				s.release(^uint64(0), fn)
+				s.drained()
 				return nil
 			}
+			s.drained()
 			continue
 		case errors.Is(err, ringbuf.ErrClosed):
 			s.release(^uint64(0), fn)
@@ -66,13 +86,56 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 		raw, err := decodeEvent(rec.RawSample)
 		if err != nil {
 			s.undecodable++ // counted as lost at the next check
+		} else {
+			s.release(raw.Time, fn)
+			s.deliver(raw, fn)
+		}
+		if !draining && s.holding() && s.rd.AvailableBytes() < s.rd.BufferSize()/2 {
+			// Awake when a transition started (the records came before
+			// the hold): asleep, not running, when its sweep checks us.
+			for s.holding() && ctx.Err() == nil {
+				time.Sleep(holdNap)
+			}
 			continue
 		}
-		s.release(raw.Time, fn)
-		s.deliver(raw, fn)
-		if time.Since(s.lostChecked) >= pollEvery {
+		if s.rd.AvailableBytes() == 0 {
+			s.release(^uint64(0), fn)
+			if time.Since(s.lostChecked) >= pollEvery {
+				s.checkLost(draining)
+			}
+			s.drained()
+		} else if time.Since(s.lostChecked) >= pollEvery {
 			s.checkLost(draining)
 		}
+	}
+}
+
+// waiting: Read has work that cannot wait for the kernel's next event.
+func (s *Session) waiting() bool {
+	return s.resync.owed > 0 || s.resync.taken || len(s.held) > 0 || s.cb.anyPending()
+}
+
+// holding: the probes hold their wake-ups (a transition starts or a sweep
+// runs), read through the map's mmap: no system call, the briefest run.
+func (s *Session) holding() bool {
+	var since uint64
+	v := s.coll.Variables["hold_since_ns"]
+	if v == nil || v.Get(&since) != nil || since == 0 {
+		return false
+	}
+	return monotonicNow()-since < holdMaxNs
+}
+
+// holdMaxNs is the BPF side's HOLD_MAX_NS; holdNap how long Read sleeps
+// before it looks whether a hold ended.
+const (
+	holdMaxNs = 3_000_000_000
+	holdNap   = 20 * time.Millisecond
+)
+
+func (s *Session) drained() {
+	if s.onDrained != nil {
+		s.onDrained()
 	}
 }
 
