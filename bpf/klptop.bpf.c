@@ -1434,6 +1434,13 @@ static __always_inline int emit_module(__u32 type, struct module *mod)
 		return 0;
 	e->patch[0] = 0; /* not the transition's */
 	bpf_probe_read_kernel_str(e->func, sizeof(e->func), mod->name);
+	/*
+	 * A livepatch module's init enables its patch next, and the first
+	 * sweep runs within the load: woken by this event, the reader would
+	 * be running then.
+	 */
+	if (type == EV_MODULE_COMING && bpf_core_field_exists(mod->klp) && BPF_CORE_READ(mod, klp))
+		hold_wakeups();
 	submit(e);
 	return 0;
 }

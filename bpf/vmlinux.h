@@ -72,6 +72,7 @@ enum module_state {
 struct module {
 	enum module_state state;
 	char name[56];
+	_Bool klp;
 } __attribute__((preserve_access_index));
 
 struct kobject {
