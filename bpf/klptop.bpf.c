@@ -1441,7 +1441,14 @@ static __always_inline int emit_module(__u32 type, struct module *mod)
 	 */
 	if (type == EV_MODULE_COMING && bpf_core_field_exists(mod->klp) && BPF_CORE_READ(mod, klp))
 		hold_wakeups();
-	submit(e);
+	/*
+	 * A module goes under klp_mutex, never during a sweep; a patch that
+	 * failed to enable ends its load's hold here.
+	 */
+	if (type == EV_MODULE_GOING)
+		release_wakeups(e);
+	else
+		submit(e);
 	return 0;
 }
 

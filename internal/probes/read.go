@@ -52,6 +52,9 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 			s.rd.SetDeadline(time.Now())
 		case s.waiting():
 			s.rd.SetDeadline(time.Now().Add(pollEvery))
+		case s.holding():
+			// Records held by a hold whose end is missed wake no one.
+			s.rd.SetDeadline(time.Now().Add(holdMaxNs))
 		default:
 			s.rd.SetDeadline(time.Time{})
 		}
