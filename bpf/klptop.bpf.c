@@ -270,7 +270,13 @@ static __always_inline int enable_patch(struct klp_patch *patch)
 		se->target = 0;
 		se->id = id;
 		se->version = BPF_CORE_READ(st, version);
-		submit(se);
+		/*
+		 * Announced by the enable's next event (transition_init, or
+		 * module_going if the enable fails): submit() in this loop
+		 * takes 6.1's verifier past its 1M instructions.
+		 */
+		held = 1;
+		bpf_ringbuf_submit(se, BPF_RB_NO_WAKEUP);
 	}
 	return 0;
 }
