@@ -28,16 +28,7 @@ while [ $cycle -lt %d ]; do
 	unload livepatch_sample
 	cycle=$((cycle+1))
 done
-modprobe test_klp_livepatch
-settle test_klp_livepatch
-modprobe test_klp_atomic_replace replace=1
-settle test_klp_atomic_replace
-gone test_klp_livepatch
-unload test_klp_livepatch
-echo 0 > $lp/test_klp_atomic_replace/enabled
-gone test_klp_atomic_replace
-unload test_klp_atomic_replace
-`, perturbCycles)
+`+replaceScript, perturbCycles)
 
 // perturbTransitions: the kernel's transitions in perturbScript.
 const perturbTransitions = 2*perturbCycles + 3

@@ -38,6 +38,19 @@ func attachedOrMissing(t *testing.T, rec *recording, fn string) bool {
 	return false
 }
 
+// replaceScript: test_klp_livepatch replaced atomically by
+// test_klp_atomic_replace, then the replacement disabled; both unloaded.
+const replaceScript = `modprobe test_klp_livepatch
+settle test_klp_livepatch
+modprobe test_klp_atomic_replace replace=1
+settle test_klp_atomic_replace
+gone test_klp_livepatch
+unload test_klp_livepatch
+echo 0 > $lp/test_klp_atomic_replace/enabled
+gone test_klp_atomic_replace
+unload test_klp_atomic_replace
+`
+
 // TestReplaceEvents: an atomic replace of test_klp_livepatch by
 // test_klp_atomic_replace. The kernel names the patch it replaces (from its
 // own klp_patches), discards the nops, and frees the replaced patch; the
@@ -47,16 +60,7 @@ func TestReplaceEvents(t *testing.T) {
 		unloadPatch(t, scReplace, scReplace)
 		unloadPatch(t, scKlpTest, scKlpTest)
 	})
-	s := startScenario(t, "replace-events", `modprobe test_klp_livepatch
-settle test_klp_livepatch
-modprobe test_klp_atomic_replace replace=1
-settle test_klp_atomic_replace
-gone test_klp_livepatch
-unload test_klp_livepatch
-echo 0 > $lp/test_klp_atomic_replace/enabled
-gone test_klp_atomic_replace
-unload test_klp_atomic_replace
-`)
+	s := startScenario(t, "replace-events", replaceScript)
 	rec, _ := s.finish()
 	var got []string
 	for _, e := range rec.events {
