@@ -125,6 +125,9 @@ type Session struct {
 	warn func(string)
 
 	onDrained func() // see OnDrained
+	// holdSince is the programs' hold_since_ns, looked up once: Read
+	// checks it for every record.
+	holdSince *ebpf.Variable
 }
 
 // OnDrained sets f to run on Read's goroutine each time Read found the ring
@@ -235,7 +238,8 @@ func Open(opts Options) (*Session, error) {
 		delete(attach, r.prog)
 		missing = append(missing, Missing{Symbol: probeName(r.symbol, r.ret), Why: r.why})
 	}
-	s := &Session{coll: coll, syms: syms, root: root, funcsWhy: funcsWhy, warn: opts.Warn}
+	s := &Session{coll: coll, syms: syms, root: root, funcsWhy: funcsWhy, warn: opts.Warn,
+		holdSince: coll.Variables["hold_since_ns"]}
 	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy, LoadTime: time.Since(start), Tasks: tasks, RingBytes: ring}
 	s.countMissed, s.countRecursion = lossCounters(cache)
 	s.info.LossCounted = s.lossCounted()

@@ -122,7 +122,7 @@ func (s *Session) waiting() bool {
 // runs), read through the map's mmap: no system call, the briefest run.
 func (s *Session) holding() bool {
 	var since uint64
-	v := s.coll.Variables["hold_since_ns"]
+	v := s.holdSince
 	if v == nil || v.Get(&since) != nil || since == 0 {
 		return false
 	}
