@@ -33,6 +33,9 @@ func notes(info probes.Info) []string {
 	if info.LoadTime > 0 {
 		n[0] += fmt.Sprintf(" (load %s)", info.LoadTime.Round(time.Millisecond))
 	}
+	if len(info.OnDemand) > 0 {
+		n[0] += fmt.Sprintf(", %d of them only during a transition (%s)", len(info.OnDemand), strings.Join(info.OnDemand, ", "))
+	}
 	if info.RingBytes > 0 {
 		size := fmt.Sprintf("%d MiB", info.RingBytes>>20)
 		if info.RingBytes < 1<<20 {
@@ -94,7 +97,7 @@ func header(info probes.Info, command []string) trace.Header {
 	h.StartWall = time.Now().UTC().Format(time.RFC3339Nano)
 	h.Backend = info.Backend
 	h.Tasks, h.RingBytes, h.LossCounted = info.Tasks, info.RingBytes, info.LossCounted
-	h.Attached = info.Attached
+	h.Attached, h.OnDemand = info.Attached, info.OnDemand
 	for _, m := range info.Missing {
 		h.Missing = append(h.Missing, trace.Missing{Symbol: m.Symbol, Why: m.Why})
 	}

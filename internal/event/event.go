@@ -60,6 +60,10 @@ const (
 	// are the kernel as it is now, replacing what the lost events would
 	// have told: tasks and patches not in it are gone, a transition it
 	// does not show has ended. Count is the events lost since the last one.
+	// Reason ResyncAttached (1.11), with Count 0: nothing was lost; the
+	// probes on forks, exits and wake-ups, attached only while a transition
+	// runs, went on, and the snapshot settles the tasks that forked or
+	// exited before they did.
 	Resync Type = "resync"
 	// FuncStack (1.1): one patched function's klp_ops func_stack: Func is the
 	// old function, Object "vmlinux" or the module it lives in, Versions the
@@ -200,6 +204,10 @@ const (
 	// LostUndecodable: a ring record klptop could not decode.
 	LostUndecodable = "undecodable"
 )
+
+// ResyncAttached is the Reason of a Resync that repairs no loss: the
+// probes attached only during a transition went on (see Resync).
+const ResyncAttached = "probes_attached"
 
 // LostWords says a Lost cause in words.
 func LostWords(cause string) string {

@@ -213,7 +213,11 @@ func (p *perfetto) instant(k *state.Tracker, e event.Event) {
 		p.emit(traceEvent{Name: fmt.Sprintf("lost %d events (%s)", e.Count, event.LostWords(e.Reason)), Cat: "lost", Ph: "i", S: "g", Ts: p.us(e.Time)})
 		return
 	case event.Resync:
-		p.emit(traceEvent{Name: "resync", Cat: "lost", Ph: "i", S: "g", Ts: p.us(e.Time)})
+		name, cat := "resync", "lost"
+		if e.Reason == event.ResyncAttached && e.Count == 0 {
+			name, cat = "probes attached (resync)", "probes"
+		}
+		p.emit(traceEvent{Name: name, Cat: cat, Ph: "i", S: "g", Ts: p.us(e.Time)})
 		return
 	case event.Signal:
 		p.signal(k, e)

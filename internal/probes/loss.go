@@ -22,6 +22,8 @@ type counted struct {
 	prog  *ebpf.Program
 	// The counts last reported.
 	missed, recursion uint64
+	// gone: the missed counts of its links closed before (a hot probe's).
+	gone uint64
 }
 
 // lossCounters says which loss causes this kernel counts, from its BTF:
@@ -148,8 +150,8 @@ func (s *Session) reportLost(fn func(event.Event)) uint64 {
 	}
 	for i := range s.counted {
 		c := &s.counted[i]
-		if s.countMissed && c.link != nil {
-			if n := linkMissed(c.link); n > c.missed {
+		if s.countMissed {
+			if n := c.gone + linkMissed(c.link); n > c.missed {
 				emit(n-c.missed, event.LostMissed, c.point)
 				c.missed = n
 			}

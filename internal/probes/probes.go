@@ -63,6 +63,9 @@ type Info struct {
 	Backend string
 	// Attached are the probe points, "fn" or "fn%return" for a return probe.
 	Attached []string
+	// OnDemand are those of Attached on functions that run all over the
+	// kernel (forks, exits, wake-ups): attached only while a transition runs.
+	OnDemand []string
 	Missing  []Missing
 	// Fallback: with Backend fentry, the probes attached as kprobes
 	// instead (Symbol as in Attached), and why.
@@ -128,6 +131,12 @@ type Session struct {
 	// holdSince is the programs' hold_since_ns, looked up once: Read
 	// checks it for every record.
 	holdSince *ebpf.Variable
+
+	// hot are the probes attached only during a transition; hotOn says
+	// they are, transition that the events read so far say one runs.
+	hot               []hotProbe
+	hotOn, transition bool
+	endedAt           time.Time // when the events last said a transition ended
 }
 
 // OnDrained sets f to run on Read's goroutine each time Read found the ring
@@ -180,7 +189,8 @@ func Open(opts Options) (*Session, error) {
 	}
 	syms := ksym.New("/proc/kallsyms")
 	missing = append(missing, setShadowHash(spec, syms, attach)...)
-	if err := seedTransition(spec, root); err != nil {
+	running, err := seedTransition(spec, root)
+	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
 	_, sweep := attach["klp_try_complete_transition"]
@@ -261,6 +271,15 @@ func Open(opts Options) (*Session, error) {
 	}
 	s.info.Attached = attached
 	s.info.Missing = append(missing, failed...)
+	for _, h := range s.hot {
+		s.info.OnDemand = append(s.info.OnDemand, h.point)
+	}
+	// Attached once above, so that Info tells what can be attached; kept
+	// only while a transition runs.
+	s.transition, s.hotOn = running, true
+	if !running {
+		s.parkHot()
+	}
 	for prog, why := range linkFallback {
 		fallback[prog] = why
 	}
@@ -417,11 +436,12 @@ func openTraceable() (map[string]bool, error) {
 }
 
 // seedTransition tells the programs about a transition already running, so
-// that events before the next klp_init_transition name the patch and target.
-func seedTransition(spec *ebpf.CollectionSpec, root string) error {
+// that events before the next klp_init_transition name the patch and target;
+// true if one runs.
+func seedTransition(spec *ebpf.CollectionSpec, root string) (bool, error) {
 	ps, err := sysfs.Patches(root)
 	if err != nil {
-		return nil // snapshot will report it; the probes work without
+		return false, nil // snapshot will report it; the probes work without
 	}
 	for _, p := range ps {
 		if !p.Transition {
@@ -430,11 +450,11 @@ func seedTransition(spec *ebpf.CollectionSpec, root string) error {
 		var name [patchLen]byte
 		copy(name[:patchLen-1], p.Name)
 		if err := spec.Variables["cur_patch"].Set(name); err != nil {
-			return err
+			return true, err
 		}
-		return spec.Variables["cur_target"].Set(int32(p.Target()))
+		return true, spec.Variables["cur_target"].Set(int32(p.Target()))
 	}
-	return nil
+	return false, nil
 }
 
 // newCollection loads only the programs in keep: a single program the
@@ -472,9 +492,13 @@ func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]strin
 	links := make(map[string]io.Closer)
 	progs := make(map[string]*ebpf.Program)
 	points := make(map[string][]string)
+	// How each probe attaches again: the hot ones come and go (armHot).
+	again := make(map[string]func() (io.Closer, error))
 	fellBack = make(map[string]string)
 	place := func(p probe, prog *ebpf.Program) bool {
-		l, err := attachOne(prog, attach[p.prog], p.ret, kmode)
+		syms := attach[p.prog]
+		again[p.prog] = func() (io.Closer, error) { return attachOne(prog, syms, p.ret, kmode) }
+		l, err := again[p.prog]()
 		if err != nil {
 			failed = append(failed, Missing{Symbol: probeName(p.symbol, p.ret), Why: "attach: " + err.Error()})
 			return false
@@ -495,7 +519,9 @@ func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]strin
 			if p.ret {
 				at = ebpf.AttachTraceFExit
 			}
-			l, err := link.AttachTracing(link.TracingOptions{Program: tw, AttachType: at})
+			opts := link.TracingOptions{Program: tw, AttachType: at}
+			again[p.prog] = func() (io.Closer, error) { return link.AttachTracing(opts) }
+			l, err := again[p.prog]()
 			if err != nil {
 				fellBack[p.prog] = fmt.Sprintf(whyFentryLink, err)
 				retry = append(retry, p)
@@ -538,7 +564,11 @@ func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]strin
 			delete(fellBack, p.prog)
 			continue
 		}
-		s.links = append(s.links, l)
+		if p.hot {
+			s.hot = append(s.hot, hotProbe{point: probeName(p.symbol, p.ret), attach: again[p.prog], link: l, counted: len(s.counted)})
+		} else {
+			s.links = append(s.links, l)
+		}
 		s.counted = append(s.counted, counted{point: probeName(p.symbol, p.ret), link: l, prog: progs[p.prog]})
 		attached = append(attached, points[p.prog]...)
 	}
@@ -606,6 +636,11 @@ func (s *Session) Close() error {
 		}
 		for _, l := range s.links {
 			errs = append(errs, l.Close())
+		}
+		for _, h := range s.hot {
+			if h.link != nil {
+				errs = append(errs, h.link.Close())
+			}
 		}
 		errs = append(errs, s.closeCallbacks())
 		if s.coll != nil {

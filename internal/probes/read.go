@@ -35,7 +35,11 @@ const pollEvery = 200 * time.Millisecond
 // again, placed among the ring's events by its time. It reads once the
 // losses pause (a poll without new ones), or after resyncEvery while they
 // go on, and at the end if one is owed.
-func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
+func (s *Session) Read(ctx context.Context, out func(event.Event)) error {
+	fn := func(e event.Event) {
+		s.track(e)
+		out(e)
+	}
 	stop := context.AfterFunc(ctx, func() { _ = s.rd.Flush() })
 	defer stop()
 	var rec ringbuf.Record
@@ -55,6 +59,8 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 		case s.holding():
 			// Records held by a hold whose end is missed wake no one.
 			s.rd.SetDeadline(time.Now().Add(holdMaxNs))
+		case !s.parkDue().IsZero():
+			s.rd.SetDeadline(s.parkDue())
 		default:
 			s.rd.SetDeadline(time.Time{})
 		}
@@ -67,6 +73,9 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 			}
 			// The ring is empty: what was held is in order now.
 			s.release(^uint64(0), fn)
+			if !draining {
+				s.armHot()
+			}
 			took := s.checkLost(draining)
 			if draining {
 				if took && !lastPass {
@@ -103,7 +112,8 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 		}
 		if s.rd.AvailableBytes() == 0 {
 			s.release(^uint64(0), fn)
-			if time.Since(s.lostChecked) >= pollEvery {
+			armed := !draining && !s.holding() && s.armHot()
+			if armed || time.Since(s.lostChecked) >= pollEvery {
 				s.checkLost(draining)
 			}
 			s.drained()
@@ -115,7 +125,7 @@ func (s *Session) Read(ctx context.Context, fn func(event.Event)) error {
 
 // waiting: Read has work that cannot wait for the kernel's next event.
 func (s *Session) waiting() bool {
-	return s.resync.owed > 0 || s.resync.taken || len(s.held) > 0 || s.cb.anyPending()
+	return s.resync.owed > 0 || s.resync.attached || s.resync.taken || len(s.held) > 0 || s.cb.anyPending()
 }
 
 // holding: the probes hold their wake-ups (a transition starts or a sweep
@@ -150,6 +160,9 @@ type resync struct {
 	owed  uint64 // events lost since the last resync taken
 	last  time.Time
 	taken bool // one is held, not yet sent
+	// attached: the hot probes went on (armHot); what they missed before
+	// is settled by a resync too.
+	attached bool
 }
 
 // hold keeps an event klptop made (a loss, a resync, shadow counts) until
@@ -184,7 +197,7 @@ func (s *Session) release(t uint64, fn func(event.Event)) {
 func (s *Session) checkLost(ending bool) bool {
 	n := s.reportLost(s.hold)
 	s.resync.owed += n
-	if s.resync.owed == 0 || s.resync.taken {
+	if s.resync.owed == 0 && !s.resync.attached || s.resync.taken {
 		return false
 	}
 	if n > 0 && !ending && time.Since(s.resync.last) < resyncEvery {
@@ -193,11 +206,12 @@ func (s *Session) checkLost(ending bool) bool {
 	evs, err := s.resyncEvents(s.resync.owed)
 	if err != nil {
 		if s.warn != nil {
-			s.warn("resync after lost events: " + err.Error())
+			s.warn("resync: " + err.Error())
 		}
+		s.resync.attached = false // the next loss's resync settles it
 		return false
 	}
-	s.resync.owed, s.resync.last, s.resync.taken = 0, time.Now(), true
+	s.resync.owed, s.resync.last, s.resync.taken, s.resync.attached = 0, time.Now(), true, false
 	// One block, in its order, at one time.
 	i := len(s.held)
 	for i > 0 && s.held[i-1].Time > evs[0].Time {

@@ -36,7 +36,11 @@ func (s *Session) snapshot(resync bool, lost uint64) ([]event.Event, error) {
 	}
 	if resync {
 		now = monotonicNow()
-		out = append(out, event.Event{Time: now, Type: event.Resync, Count: lost})
+		e := event.Event{Time: now, Type: event.Resync, Count: lost}
+		if lost == 0 {
+			e.Reason = event.ResyncAttached
+		}
+		out = append(out, e)
 	}
 	target := -1
 	for i, p := range patches {

@@ -25,6 +25,10 @@ type probe struct {
 	// observes: the inlined kernel function this probe stands in for; when
 	// the probe cannot be placed, that function is what goes unobserved.
 	observes string
+	// hot: the function runs all over the kernel (every fork, exit or
+	// wake-up) and the program matters only while a transition runs: the
+	// probe is attached only then (Session.armHot).
+	hot bool
 }
 
 // probes lists every kprobe program. klp_ftrace_handler (notrace, and runs
@@ -44,16 +48,15 @@ var probes = []probe{
 	{prog: "klp_check_and_switch_task_ret", symbol: "klp_check_and_switch_task", ret: true, args: true, pair: "klp_check_and_switch_task"},
 	{prog: "klp_update_patch_state", symbol: "klp_update_patch_state", args: true, pair: "klp_update_patch_state_ret"},
 	{prog: "klp_update_patch_state_ret", symbol: "klp_update_patch_state", ret: true, args: true, pair: "klp_update_patch_state"},
-	{prog: "klp_copy_process", symbol: "klp_copy_process", args: true},
-	// Tasks leaving the thread list; on every exit, the programs return at
-	// once outside a transition.
-	{prog: "task_release", symbol: "release_task", args: true, pair: "task_release_ret"},
-	{prog: "task_release_ret", symbol: "release_task", ret: true, args: true, pair: "task_release"},
+	{prog: "klp_copy_process", symbol: "klp_copy_process", args: true, hot: true},
+	// Tasks leaving the thread list, on every exit.
+	{prog: "task_release", symbol: "release_task", args: true, pair: "task_release_ret", hot: true},
+	{prog: "task_release_ret", symbol: "release_task", ret: true, args: true, pair: "task_release", hot: true},
 	// 6.4+: marks the checks a task makes of itself from the scheduler.
 	{prog: "klp_sched_try_switch", symbol: event.SchedTrySwitchProbe, pair: "klp_sched_try_switch_ret"},
 	{prog: "klp_sched_try_switch_ret", symbol: event.SchedTrySwitchProbe, ret: true, pair: "klp_sched_try_switch"},
 	// Called all over the kernel; the program returns at once outside a sweep.
-	{prog: "klp_signal", symbol: event.SignalProbe, args: true, pair: "klp_try_complete_transition", observes: event.SignalSymbol},
+	{prog: "klp_signal", symbol: event.SignalProbe, args: true, pair: "klp_try_complete_transition", observes: event.SignalSymbol, hot: true},
 	// Modules and atomic replace (core.c); the klp_patch_object and
 	// klp_unpatch_object programs report only objects of a coming or going
 	// module.

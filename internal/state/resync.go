@@ -30,10 +30,13 @@ const maxRepairs = 256
 // and patches are applied together at the end, once the transition the
 // snapshot shows is settled, since that decides which tasks are pending.
 type resyncing struct {
-	at      uint64
-	patches []event.Event
-	tasks   []event.Event
-	funcs   map[string]bool
+	at uint64
+	// attached: a resync after the probes of forks and exits went on,
+	// not after a loss (event.ResyncAttached).
+	attached bool
+	patches  []event.Event
+	tasks    []event.Event
+	funcs    map[string]bool
 }
 
 func (s *State) lost(e event.Event) {
@@ -144,7 +147,11 @@ func (s *State) endResync(e event.Event) {
 		}
 	}
 	s.recount()
-	s.Repairs = append(s.Repairs, rep)
+	// Tasks that forked or exited before the probes went on are what such
+	// a resync is for: no repair, unless the picture was wrong otherwise.
+	if !r.attached || rep.Lost > 0 || rep.Ended || rep.Began {
+		s.Repairs = append(s.Repairs, rep)
+	}
 	if len(s.Repairs) > maxRepairs {
 		s.Repairs = slices.Delete(s.Repairs, 0, len(s.Repairs)-maxRepairs)
 	}

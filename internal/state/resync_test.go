@@ -155,3 +155,37 @@ func TestResyncSwitchesBlocker(t *testing.T) {
 		t.Errorf("blocker %+v", b)
 	}
 }
+
+// Hand-made: the probes of forks and exits went on after the first sweep;
+// their resync drops a task that exited before (bash) and adds one that
+// forked before (300, pending), and lists no repair: nothing was lost. The
+// same resync after a loss is a repair.
+func TestResyncProbesAttached(t *testing.T) {
+	for _, lost := range []uint64{0, 4} {
+		s := New()
+		patchingStall(s)
+		if lost > 0 {
+			s.Apply(lostEv(11*sec, lost, event.LostMissed))
+		}
+		evs := resync(12*sec, 0, []event.Event{snapPatch(12*sec, "p", 0, true, true)},
+			snapTask(12*sec, 1, "systemd", 1), snapTask(12*sec, 42, "kworker/0:1", 0), snapTask(12*sec, 300, "new", 0))
+		evs[0].Reason = event.ResyncAttached
+		for _, e := range evs {
+			s.Apply(e)
+		}
+		checkInvariants(t, s, 0)
+		if s.Transition == nil {
+			t.Fatalf("lost %d: the transition ended", lost)
+		}
+		if s.Task(100) != nil || s.Task(300) == nil || s.Transition.Total != 3 || len(s.Pending()) != 2 {
+			t.Errorf("lost %d: bash %v, new %v, total %d, pending %d; want gone, there, 3, 2",
+				lost, s.Task(100), s.Task(300), s.Transition.Total, len(s.Pending()))
+		}
+		if want := min(lost, 1); uint64(len(s.Repairs)) != want {
+			t.Errorf("lost %d: %d repairs, want %d", lost, len(s.Repairs), want)
+		}
+		if s.LostSinceResync() != 0 {
+			t.Errorf("lost %d: %d lost since the resync", lost, s.LostSinceResync())
+		}
+	}
+}

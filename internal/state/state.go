@@ -284,7 +284,7 @@ func (s *State) Apply(e event.Event) {
 	}
 	switch e.Type {
 	case event.Resync:
-		s.resync = &resyncing{at: e.Time}
+		s.resync = &resyncing{at: e.Time, attached: e.Reason == event.ResyncAttached && e.Count == 0}
 	case event.PatchSnapshot:
 		s.patchSnapshot(e)
 	case event.TaskSnapshot:

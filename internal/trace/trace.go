@@ -21,7 +21,7 @@ const Format = "klptop-trace"
 // bump only adds fields or event types, which older readers skip.
 const (
 	Major = 1
-	Minor = 10
+	Minor = 11
 )
 
 // Missing is a kernel function klptop wanted to probe and could not.
@@ -53,6 +53,11 @@ type Header struct {
 	// Fallback (1.5): with backend "fentry", the attached probe points
 	// that went on as kprobes instead, and why.
 	Fallback []Missing `json:"fallback,omitempty"`
+	// OnDemand (1.11): the attached probe points on functions that run all
+	// over the kernel (forks, exits, wake-ups), attached only while a
+	// transition ran; a Resync with Reason "probes_attached" marks each
+	// time they went on.
+	OnDemand []string `json:"on_demand,omitempty"`
 	// Tasks (1.7): the number of tasks when klptop started; RingBytes the
 	// size of the events ring klptop chose for them.
 	Tasks     int    `json:"tasks,omitempty"`

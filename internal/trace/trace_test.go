@@ -66,7 +66,7 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tr.Header.Kernel != "6.1.0-test" || tr.Header.Version != "1.10" {
+	if tr.Header.Kernel != "6.1.0-test" || tr.Header.Version != "1.11" {
 		t.Errorf("header = %+v", tr.Header)
 	}
 	if len(got) != len(handMadeEvents) {

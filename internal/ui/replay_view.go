@@ -293,7 +293,11 @@ func describe(e event.Event) string {
 	case event.Lost:
 		s += fmt.Sprintf(": %d events (%s)", e.Count, event.LostWords(e.Reason))
 	case event.Resync:
-		s += fmt.Sprintf(": the kernel's state read again after %d lost events", e.Count)
+		if e.Reason == event.ResyncAttached && e.Count == 0 {
+			s += ": fork, exit and wake-up probes attached, the kernel's state read again"
+		} else {
+			s += fmt.Sprintf(": the kernel's state read again after %d lost events", e.Count)
+		}
 	}
 	return s
 }

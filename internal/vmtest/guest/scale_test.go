@@ -385,7 +385,7 @@ func waitResynced(t *testing.T, path string) {
 			case event.Lost:
 				lost, repaired = true, false
 			case event.Resync:
-				repaired = true
+				repaired = repaired || e.Reason != event.ResyncAttached
 			}
 		}
 		if lost && repaired {
