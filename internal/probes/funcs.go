@@ -234,43 +234,50 @@ func (s *Session) FuncStacksWhy() string { return s.funcsWhy }
 
 // FuncStacks reads every patched function's stack now.
 func (s *Session) FuncStacks() ([]FuncStack, error) {
+	st, _, err := s.readStacks(busyWait)
+	return st, err
+}
+
+// readStacks reads the stacks; busy: klp_mutex was held at the last try.
+// A read while it is held may show a change half done (a function on its
+// stack but not yet patched, a replace that has unpatched some of the
+// replaced patches): it is tried again every busyRetry for up to wait.
+func (s *Session) readStacks(wait time.Duration) (_ []FuncStack, busy bool, _ error) {
 	if s.funcsWhy != "" {
-		return nil, fmt.Errorf("function stacks not observable here: %s", s.funcsWhy)
+		return nil, false, fmt.Errorf("function stacks not observable here: %s", s.funcsWhy)
 	}
 	it, err := link.AttachIter(link.IterOptions{Program: s.coll.Programs[funcsProg]})
 	if err != nil {
-		return nil, fmt.Errorf("funcs iterator: %w", err)
+		return nil, false, fmt.Errorf("funcs iterator: %w", err)
 	}
 	defer it.Close()
-	// A read while klp_mutex is held may show a change half done (a
-	// function on its stack but not yet patched, a replace that has
-	// unpatched some of the replaced patches): read again once it is free.
 	var n, flags uint32
-	for deadline := time.Now().Add(busyWait); ; time.Sleep(busyRetry) {
+	for deadline := time.Now().Add(wait); ; time.Sleep(busyRetry) {
 		n, flags, err = runFuncsIter(it)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
-		if flags&funcsBusy == 0 || time.Now().After(deadline) {
+		if flags&funcsBusy == 0 || !time.Now().Before(deadline) {
 			break
 		}
 	}
+	busy = flags&funcsBusy != 0
 	switch {
 	case flags&funcsNoBTF != 0:
-		return nil, fmt.Errorf("function stacks not observable here: kernel BTF has no struct klp_ops")
+		return nil, busy, fmt.Errorf("function stacks not observable here: kernel BTF has no struct klp_ops")
 	case flags&funcsNoHeads != 0:
-		return nil, fmt.Errorf("function stacks not observable here: list heads not resolved")
+		return nil, busy, fmt.Errorf("function stacks not observable here: list heads not resolved")
 	}
 	m := s.coll.Maps["func_recs"]
 	recs := make([]funcRec, 0, n)
 	buf := make([]byte, funcRecSize)
 	for i := uint32(0); i < n; i++ {
 		if err := m.Lookup(i, &buf); err != nil {
-			return nil, fmt.Errorf("func_recs[%d]: %w", i, err)
+			return nil, busy, fmt.Errorf("func_recs[%d]: %w", i, err)
 		}
 		fr, err := decodeFuncRec(buf)
 		if err != nil {
-			return nil, err
+			return nil, busy, err
 		}
 		recs = append(recs, fr)
 	}
@@ -278,7 +285,7 @@ func (s *Session) FuncStacks() ([]FuncStack, error) {
 	if flags&funcsOverflow != 0 {
 		err = fmt.Errorf("function stacks truncated: more than %d records or a list past its bound", n)
 	}
-	return st, err
+	return st, busy, err
 }
 
 // runFuncsIter runs the funcs iterator once: it fills func_recs and returns
@@ -309,11 +316,58 @@ func (s *Session) funcEvents(all bool, stamp uint64) []event.Event {
 	s.funcsMu.Lock()
 	defer s.funcsMu.Unlock()
 	s.funcsReadAt = monotonicNow()
-	now := stamp
 	st, err := s.FuncStacks()
 	if st == nil && err != nil {
 		return nil
 	}
+	return s.diffFuncs(st, all, stamp)
+}
+
+// changedFuncs reads the stacks after a change (at stamp) on Read's
+// goroutine without waiting for klp_mutex: while it is held (a transition
+// starting, a sweep), the read is owed and Read tries again when it next
+// wakes with no hold (the sweep's end, or after pollEvery), instead of
+// waking every busyRetry in the middle of the transition. Past busyWait,
+// or with force (the reading ends), it takes what it finds. A read made at
+// once goes out in order, stamped with the change's time; a later one
+// (stamp 0: Read's retry) is held (see hold) at its own time.
+func (s *Session) changedFuncs(stamp uint64, force bool, fn func(event.Event)) {
+	if s.funcsOwed.IsZero() {
+		if stamp == 0 {
+			return // none owed
+		}
+		s.funcsOwed = time.Now()
+	}
+	s.funcsMu.Lock()
+	defer s.funcsMu.Unlock()
+	readAt := monotonicNow()
+	read := s.stacks
+	if read == nil {
+		read = s.readStacks
+	}
+	st, busy, err := read(0)
+	if busy && !force && time.Since(s.funcsOwed) < busyWait {
+		return
+	}
+	first := stamp != 0
+	s.funcsOwed, s.funcsReadAt = time.Time{}, readAt
+	if st == nil && err != nil {
+		return
+	}
+	if first {
+		for _, e := range s.diffFuncs(st, false, stamp) {
+			fn(e)
+		}
+		return
+	}
+	for _, e := range s.diffFuncs(st, false, readAt) {
+		s.hold(e)
+	}
+}
+
+// diffFuncs: a FuncStack event at now for each stack in st that differs from
+// the last read (or every one, with all), and an empty one for each gone.
+func (s *Session) diffFuncs(st []FuncStack, all bool, now uint64) []event.Event {
 	seen := make(map[string]FuncStack, len(st))
 	var out []event.Event
 	for _, f := range st {

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klptop/klptop/internal/event"
 	"github.com/klptop/klptop/internal/ksym"
@@ -164,4 +165,59 @@ func TestLoadCollectionDropsRejected(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d probe programs rejected here", len(rejected), len(probes))
+}
+
+// Hand-made stacks: a read of the stacks after a change that finds
+// klp_mutex held is owed, not retried on the spot; Read's next quiet
+// wake-up takes it, held at its own time; past busyWait, or when the
+// reading ends, what is found is taken.
+func TestChangedFuncsDefersBusyRead(t *testing.T) {
+	busy, reads := true, 0
+	v := []event.FuncVersion{{Patch: "p"}}
+	s := &Session{stacks: func(wait time.Duration) ([]FuncStack, bool, error) {
+		if wait != 0 {
+			t.Errorf("read waits %v for klp_mutex on Read's goroutine", wait)
+		}
+		reads++
+		return []FuncStack{{Func: "f", Object: "vmlinux", Versions: v}}, busy, nil
+	}}
+	var got []event.Event
+	fn := func(e event.Event) { got = append(got, e) }
+
+	s.changedFuncs(0, false, fn)
+	if reads != 0 {
+		t.Fatal("a retry read the stacks with none owed")
+	}
+	s.changedFuncs(100, false, fn)
+	if len(got) != 0 || len(s.held) != 0 || !s.waiting() {
+		t.Fatalf("busy: events %v, held %v, waiting %v; want none, none, true", got, s.held, s.waiting())
+	}
+	busy = false
+	s.changedFuncs(0, false, fn)
+	if len(got) != 0 || len(s.held) != 1 || s.held[0].Time <= 100 || !s.funcsOwed.IsZero() {
+		t.Fatalf("retry: events %v, held %v (owed since %v); want one held after the change", got, s.held, s.funcsOwed)
+	}
+	s.held = nil
+
+	v = []event.FuncVersion{{Patch: "p"}, {Patch: "q"}}
+	s.changedFuncs(200, false, fn)
+	if len(got) != 1 || got[0].Time != 200 || len(got[0].Versions) != 2 {
+		t.Fatalf("free mutex: events %v; want the changed stack at once, at the change's time", got)
+	}
+
+	busy, got = true, nil
+	v = []event.FuncVersion{{Patch: "q"}}
+	s.changedFuncs(300, false, fn)
+	s.funcsOwed = s.funcsOwed.Add(-busyWait)
+	s.changedFuncs(0, false, fn)
+	if len(s.held) != 1 || !s.funcsOwed.IsZero() {
+		t.Fatalf("busy past busyWait: held %v, owed %v; want the stack as found", s.held, s.funcsOwed)
+	}
+	s.held = nil
+	v = nil
+	s.changedFuncs(400, false, fn)
+	s.changedFuncs(0, true, fn)
+	if len(s.held) != 1 || len(s.held[0].Versions) != 0 {
+		t.Fatalf("ending: held %v; want the stack gone, taken busy", s.held)
+	}
 }

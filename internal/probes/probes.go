@@ -122,6 +122,12 @@ type Session struct {
 	funcsReadAt uint64 // CLOCK_MONOTONIC when the last read of the stacks began
 	lastFuncs   map[string]FuncStack
 
+	// funcsOwed: since when a read of the stacks after a change waits
+	// for klp_mutex (see changedFuncs); stacks, if set, reads them instead
+	// of the iterator (tests).
+	funcsOwed time.Time
+	stacks    func(wait time.Duration) ([]FuncStack, bool, error)
+
 	lastShadow map[uint64]shadowCount // shadow_counts as last reported
 
 	cb   callbacks

@@ -54,11 +54,12 @@ func (s *Session) Read(ctx context.Context, out func(event.Event)) error {
 		switch {
 		case draining:
 			s.rd.SetDeadline(time.Now())
+		case s.holding():
+			// What waits, waits for the sweep's end, which wakes Read;
+			// records held by a hold whose end is missed wake no one.
+			s.rd.SetDeadline(time.Now().Add(holdMaxNs))
 		case s.waiting():
 			s.rd.SetDeadline(time.Now().Add(pollEvery))
-		case s.holding():
-			// Records held by a hold whose end is missed wake no one.
-			s.rd.SetDeadline(time.Now().Add(holdMaxNs))
 		case !s.parkDue().IsZero():
 			s.rd.SetDeadline(s.parkDue())
 		default:
@@ -73,6 +74,7 @@ func (s *Session) Read(ctx context.Context, out func(event.Event)) error {
 			}
 			// The ring is empty: what was held is in order now.
 			s.release(^uint64(0), fn)
+			s.changedFuncs(0, draining, fn)
 			if !draining {
 				s.armHot()
 			}
@@ -112,7 +114,11 @@ func (s *Session) Read(ctx context.Context, out func(event.Event)) error {
 		}
 		if s.rd.AvailableBytes() == 0 {
 			s.release(^uint64(0), fn)
-			armed := !draining && !s.holding() && s.armHot()
+			quiet := !draining && !s.holding()
+			if quiet {
+				s.changedFuncs(0, false, fn)
+			}
+			armed := quiet && s.armHot()
 			if armed || time.Since(s.lostChecked) >= pollEvery {
 				s.checkLost(draining)
 			}
@@ -125,7 +131,8 @@ func (s *Session) Read(ctx context.Context, out func(event.Event)) error {
 
 // waiting: Read has work that cannot wait for the kernel's next event.
 func (s *Session) waiting() bool {
-	return s.resync.owed > 0 || s.resync.attached || s.resync.taken || len(s.held) > 0 || s.cb.anyPending()
+	return s.resync.owed > 0 || s.resync.attached || s.resync.taken || len(s.held) > 0 || s.cb.anyPending() ||
+		!s.funcsOwed.IsZero()
 }
 
 // holding: the probes hold their wake-ups (a transition starts or a sweep
@@ -234,9 +241,7 @@ func (s *Session) deliver(raw rawEvent, fn func(event.Event)) {
 		// naming a new module's functions rereads /proc/kallsyms
 		// for seconds, and a read folded many changes into one.
 		if s.funcsWhy == "" && raw.Time >= s.funcsReadAt {
-			for _, e := range s.funcEvents(false, raw.Time) {
-				fn(e)
-			}
+			s.changedFuncs(raw.Time, false, fn)
 		}
 		return
 	case callbacksSeen:
