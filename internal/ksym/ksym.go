@@ -69,6 +69,10 @@ func Parse(r io.Reader) ([]Sym, error) {
 // not covered: modules (livepatches among them) load after start-up.
 type Table struct {
 	path string
+	// Yield, if set, runs before each read(2) of the file, which goes in
+	// readChunk pieces: a caller that must not be in the kernel at some
+	// moments (a livepatch sweep checking it) waits there.
+	Yield func()
 
 	mu         sync.Mutex
 	syms       []Sym
@@ -93,12 +97,30 @@ func (t *Table) reloadLocked() error {
 		return err
 	}
 	defer f.Close()
-	syms, err := Parse(f)
+	var r io.Reader = f
+	if t.Yield != nil {
+		r = yielding{f, t.Yield}
+	}
+	syms, err := Parse(r)
 	if err != nil {
 		return err
 	}
 	t.syms, t.loaded = syms, true
 	return nil
+}
+
+// readChunk bounds one read(2) of kallsyms under Table.Yield: the kernel
+// formats about a hundred symbols for it.
+const readChunk = 4096
+
+type yielding struct {
+	r     io.Reader
+	yield func()
+}
+
+func (y yielding) Read(p []byte) (int, error) {
+	y.yield()
+	return y.r.Read(p[:min(len(p), readChunk)])
 }
 
 // A hit this far past its symbol is more likely code of a module loaded

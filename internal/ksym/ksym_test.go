@@ -1,8 +1,10 @@
 package ksym
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -143,5 +145,31 @@ ffffffffc047e000 d __UNIQUE_ID___addressable_init_module498	[livepatch_sample]
 	tab.Fresh([]uint64{0xffffffffc0477060, fn})
 	if n, m, ok := tab.At(fn); !ok || n != "livepatch_cmdline_proc_show" || m != "test_klp_livepatch" {
 		t.Errorf("At after Fresh = %q [%s] %v", n, m, ok)
+	}
+}
+
+// Hand-made: with Yield set, kallsyms is read in pieces of at most
+// readChunk bytes, Yield before each, and the table is the same.
+func TestReloadYields(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(handMadeKallsyms)
+	for i := range 500 {
+		fmt.Fprintf(&b, "ffffffffc03%05x t filler_%d\t[big]\n", i*16, i)
+	}
+	p := writeKallsyms(t, b.String())
+	plain, yielded := New(p), New(p)
+	yields := 0
+	yielded.Yield = func() { yields++ }
+	if err := plain.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if err := yielded.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if min := b.Len() / readChunk; yields <= min {
+		t.Errorf("%d yields for %d bytes, want more than %d", yields, b.Len(), min)
+	}
+	if !reflect.DeepEqual(plain.syms, yielded.syms) {
+		t.Errorf("the table read in pieces differs: %d symbols, want %d", len(yielded.syms), len(plain.syms))
 	}
 }

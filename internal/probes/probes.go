@@ -256,6 +256,10 @@ func Open(opts Options) (*Session, error) {
 	}
 	s := &Session{coll: coll, syms: syms, root: root, funcsWhy: funcsWhy, warn: opts.Warn,
 		holdSince: coll.Variables["hold_since_ns"]}
+	// Naming a new patch module's functions rereads kallsyms, for a second
+	// or more right after its enable: no piece of it while a transition
+	// starts or a sweep runs.
+	syms.Yield = s.sleepThroughHold
 	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy, LoadTime: time.Since(start), Tasks: tasks, RingBytes: ring}
 	s.countMissed, s.countRecursion = lossCounters(cache)
 	s.info.LossCounted = s.lossCounted()

@@ -146,6 +146,14 @@ func (s *Session) holding() bool {
 	return monotonicNow()-since < holdMaxNs
 }
 
+// sleepThroughHold returns once the probes hold no wake-ups: klptop is
+// asleep, not in the kernel, while a transition starts or a sweep runs.
+func (s *Session) sleepThroughHold() {
+	for s.holding() {
+		time.Sleep(holdNap)
+	}
+}
+
 // holdMaxNs is the BPF side's HOLD_MAX_NS; holdNap how long Read sleeps
 // before it looks whether a hold ended.
 const (
