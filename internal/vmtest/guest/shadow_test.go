@@ -164,21 +164,38 @@ settle test_klp_state2
 gone test_klp_state
 unload test_klp_state
 `)()
-	var seen []string
-	for _, e := range rec.events {
-		if e.Type == event.KlpState {
-			seen = append(seen, e.Patch+"/"+strconv.FormatUint(e.ID, 10)+"/"+strconv.Itoa(e.Version))
+	// Those of klp_enable_patch; a resync's snapshot (the fork and exit
+	// probes going on during a transition) gives the patches' states again.
+	var seen, resynced []string
+	inResync := false
+	for i, e := range rec.events {
+		switch e.Type {
+		case event.Resync:
+			inResync = true
+		case event.SnapshotEnd:
+			inResync = false
+		case event.KlpState:
+			s := e.Patch + "/" + strconv.FormatUint(e.ID, 10) + "/" + strconv.Itoa(e.Version)
+			if inResync {
+				resynced = append(resynced, s)
+				continue
+			}
+			seen = append(seen, s)
+			// Right after its patch's patch_enable.
+			if i == 0 || rec.events[i-1].Type != event.PatchEnable || rec.events[i-1].Patch != e.Patch {
+				t.Errorf("klp_state of %s at line %d does not follow its patch_enable", e.Patch, i+2)
+			}
 		}
 	}
 	if w := []string{"test_klp_state/1/1", "test_klp_state2/1/2"}; !slices.Equal(seen, w) {
 		t.Errorf("klp_state events %v, want %v", seen, w)
 	}
-	// Each one right after its patch's patch_enable.
-	for i, e := range rec.events {
-		if e.Type == event.KlpState && (i == 0 || rec.events[i-1].Type != event.PatchEnable || rec.events[i-1].Patch != e.Patch) {
-			t.Errorf("klp_state of %s at line %d does not follow its patch_enable", e.Patch, i+2)
+	for _, s := range resynced {
+		if !slices.Contains(seen, s) {
+			t.Errorf("a resync's klp_state %s, which no patch_enable had", s)
 		}
 	}
+	t.Logf("klp_state events at enables %v, in resyncs %v", seen, resynced)
 	st := state.New()
 	for _, e := range rec.events {
 		st.Apply(e)
