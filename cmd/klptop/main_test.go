@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/klptop/klptop/internal/probes"
 )
 
 func runArgs(args ...string) (int, string, string) {
@@ -106,5 +109,29 @@ func TestRingSize(t *testing.T) {
 		if err := r.Set(in); err == nil {
 			t.Errorf("%q: accepted as %d", in, r)
 		}
+	}
+}
+
+// Hand-made Info: the start-up note lists every step in order, rounded to
+// the millisecond, and counts the loads.
+func TestStartupNote(t *testing.T) {
+	info := probes.Info{Loads: 3, Phases: []probes.Phase{
+		{Name: "kernel BTF", Took: 412400 * time.Microsecond},
+		{Name: "load", Took: 1500 * time.Millisecond},
+	}}
+	want := "start-up: kernel BTF 412ms, load 1.5s (3 loads of the BPF programs)"
+	if got := startup(info); got != want {
+		t.Errorf("startup: %q, want %q", got, want)
+	}
+	info.Loads = 1
+	if got := startup(info); !strings.HasSuffix(got, "(1 load of the BPF programs)") {
+		t.Errorf("one load: %q", got)
+	}
+	var found bool
+	for _, n := range notes(info) {
+		found = found || strings.HasPrefix(n, "start-up: ")
+	}
+	if !found {
+		t.Errorf("notes lack the start-up line: %q", notes(info))
 	}
 }

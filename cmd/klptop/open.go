@@ -43,6 +43,9 @@ func notes(info probes.Info) []string {
 		}
 		n[0] += fmt.Sprintf("; events ring %s for %d tasks", size, info.Tasks)
 	}
+	if len(info.Phases) > 0 {
+		n = append(n, startup(info))
+	}
 	if len(info.Missing) > 0 {
 		var m []string
 		for _, x := range info.Missing {
@@ -74,6 +77,19 @@ func notes(info probes.Info) []string {
 		n = append(n, "function stacks not observable here: "+info.FuncsWhy)
 	}
 	return n
+}
+
+// startup says where the start-up time went, step by step.
+func startup(info probes.Info) string {
+	var p []string
+	for _, x := range info.Phases {
+		p = append(p, fmt.Sprintf("%s %s", x.Name, x.Took.Round(time.Millisecond)))
+	}
+	loads := "1 load"
+	if info.Loads != 1 {
+		loads = fmt.Sprintf("%d loads", info.Loads)
+	}
+	return "start-up: " + strings.Join(p, ", ") + " (" + loads + " of the BPF programs)"
 }
 
 func header(info probes.Info, command []string) trace.Header {

@@ -143,7 +143,7 @@ func TestLoadCollectionFallsBackToKprobe(t *testing.T) {
 	}
 	spec.Programs[twin(start)].AttachTo = "klptop_no_such_function"
 	keep := map[string]bool{iterProg: true, twin(start): true}
-	coll, _, _, rejected, err := loadCollection(spec, keep, "", nil)
+	coll, _, _, rejected, _, err := loadCollection(spec, keep, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

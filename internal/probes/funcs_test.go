@@ -140,7 +140,7 @@ func TestLoadCollectionDropsRejected(t *testing.T) {
 	for _, p := range probes {
 		keep[p.prog] = true
 	}
-	coll, _, _, rejected, err := loadCollection(spec, keep, "", nil)
+	coll, _, _, rejected, _, err := loadCollection(spec, keep, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,7 +72,11 @@ type Info struct {
 	Fallback   []Missing
 	AttachTime time.Duration // load and attach
 	LoadTime   time.Duration // of which loading (the verifier, CO-RE against the kernel's BTF)
-	Kernel     string        // uname -r
+	// Phases are Open's steps in order, with their times; Loads is how
+	// many times it asked the kernel to load programs.
+	Phases []Phase
+	Loads  int
+	Kernel string // uname -r
 	// Tasks is the number of tasks (threads) when klptop started, and
 	// RingBytes the size of the events ring it chose for them.
 	Tasks     int
@@ -164,21 +168,26 @@ func Open(opts Options) (*Session, error) {
 	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
 		return nil, fmt.Errorf("%w: no kernel BTF (CONFIG_DEBUG_INFO_BTF): %v", ErrNoBPF, err)
 	}
+	start := time.Now()
+	w := newStopwatch()
 	avail, err := openTraceable()
 	if err != nil {
 		return nil, err
 	}
-	start := time.Now()
 	attach, missing := plan(avail)
+	w.lap("available_filter_functions")
 	_ = rlimit.RemoveMemlock() // kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK, the fentry check's too
 	// One decoding of the kernel's BTF for the target checks and every load.
 	cache := btf.NewCache()
+	_, _ = cache.Kernel()
+	w.lap("kernel BTF")
 	inBTF := kernelFuncs(cache)
 	backend, err := pickBackend(opts.Backend,
 		func() error { return haveFentry(probeTarget(attach, inBTF)) }, features.HaveBPFLinkKprobeMulti)
 	if err != nil {
 		return nil, err
 	}
+	w.lap("backend check")
 	// How the kprobe programs attach: under fentry, those of the probes
 	// that fall back.
 	kmode := backend
@@ -193,8 +202,10 @@ func Open(opts Options) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
+	w.lap("BPF object")
 	syms := ksym.New("/proc/kallsyms")
 	missing = append(missing, setShadowHash(spec, syms, attach)...)
+	w.lap("kallsyms")
 	running, err := seedTransition(spec, root)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
@@ -237,10 +248,12 @@ func Open(opts Options) (*Session, error) {
 	}
 	tasks := threadCount(root)
 	ring := sizeMaps(spec, tasks, opts.RingBytes)
-	coll, funcsWhy, statesWhy, rejected, err := loadCollection(spec, keep, funcsWhy, cache)
+	w.lap("plan")
+	coll, funcsWhy, statesWhy, rejected, loads, err := loadCollection(spec, keep, funcsWhy, cache)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
+	w.lap("load")
 	cbWhy := callbacksWhy(keep)
 	for _, r := range rejected {
 		if r.fellBack {
@@ -260,11 +273,15 @@ func Open(opts Options) (*Session, error) {
 	// or more right after its enable: no piece of it while a transition
 	// starts or a sweep runs.
 	syms.Yield = s.sleepThroughHold
-	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy, LoadTime: time.Since(start), Tasks: tasks, RingBytes: ring}
+	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy, LoadTime: time.Since(start), Tasks: tasks, RingBytes: ring, Loads: loads}
 	s.countMissed, s.countRecursion = lossCounters(cache)
 	s.info.LossCounted = s.lossCounted()
 
-	attached, failed, linkFallback := s.attachAll(spec, attach, kmode, cache)
+	attached, failed, linkFallback, extraLoad := s.attachAll(spec, attach, kmode, cache)
+	if extraLoad {
+		s.info.Loads++
+	}
+	w.lap("attach")
 	if cbWhy == "" {
 		if err := readKprobePMU(); err != nil {
 			cbWhy = err.Error()
@@ -289,6 +306,7 @@ func Open(opts Options) (*Session, error) {
 	s.transition, s.hotOn = running, true
 	if !running {
 		s.parkHot()
+		w.lap("park")
 	}
 	for prog, why := range linkFallback {
 		fallback[prog] = why
@@ -304,6 +322,8 @@ func Open(opts Options) (*Session, error) {
 		s.Close()
 		return nil, fmt.Errorf("%w: ring buffer: %v", ErrNoBPF, err)
 	}
+	w.lap("ring")
+	s.info.Phases = w.phases
 	s.info.AttachTime = time.Since(start)
 	return s, nil
 }
@@ -339,25 +359,26 @@ var rejectedProg = regexp.MustCompile(`^program (\S+): `)
 // will not trampoline, a verifier difference of typed arguments) is
 // replaced by its kprobe program. The task iterator is needed: its refusal
 // is the error.
-func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy string, cache *btf.Cache) (coll *ebpf.Collection, _, statesWhy string, rejected []rejectedProbe, err error) {
+func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy string, cache *btf.Cache) (coll *ebpf.Collection, _, statesWhy string, rejected []rejectedProbe, loads int, err error) {
 	statesWhy = funcsWhy
 	if !keep[statesProg] && statesWhy == "" {
 		statesWhy = "states iterator not loaded"
 	}
 	for range 2*len(probes) + 2 {
+		loads++
 		coll, err = newCollection(spec, keep, cache)
 		if err == nil {
-			return coll, funcsWhy, statesWhy, rejected, nil
+			return coll, funcsWhy, statesWhy, rejected, loads, nil
 		}
 		m := rejectedProg.FindStringSubmatch(err.Error())
 		if m == nil || !keep[m[1]] {
-			return nil, "", "", nil, err
+			return nil, "", "", nil, loads, err
 		}
 		first, _, _ := strings.Cut(err.Error(), "\n")
 		msg := strings.TrimPrefix(first, m[0])
 		switch m[1] {
 		case iterProg:
-			return nil, "", "", nil, err
+			return nil, "", "", nil, loads, err
 		case funcsProg:
 			keep[funcsProg] = false
 			funcsWhy = "funcs iterator rejected: " + msg
@@ -396,7 +417,7 @@ func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy st
 			}
 		}
 	}
-	return nil, "", "", nil, err
+	return nil, "", "", nil, loads, err
 }
 
 // OpenIterators loads only the iterators, attaching no probe: enough for
@@ -419,7 +440,7 @@ func OpenIterators() (*Session, error) {
 	syms := ksym.New("/proc/kallsyms")
 	funcsOK, funcsWhy := setHeads(spec, syms)
 	_ = rlimit.RemoveMemlock()
-	coll, funcsWhy, statesWhy, _, err := loadCollection(spec, map[string]bool{iterProg: true, funcsProg: funcsOK, statesProg: funcsOK}, funcsWhy, nil)
+	coll, funcsWhy, statesWhy, _, _, err := loadCollection(spec, map[string]bool{iterProg: true, funcsProg: funcsOK, statesProg: funcsOK}, funcsWhy, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
@@ -498,7 +519,7 @@ func newCollectionWith(spec *ebpf.CollectionSpec, keep map[string]bool, opts ebp
 // link (no trampoline for that function) is replaced by its kprobe program,
 // loaded on the spot into a second collection over the same maps; those
 // are returned in fellBack (program -> why).
-func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]string, kmode string, cache *btf.Cache) (attached []string, failed []Missing, fellBack map[string]string) {
+func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]string, kmode string, cache *btf.Cache) (attached []string, failed []Missing, fellBack map[string]string, loaded bool) {
 	links := make(map[string]io.Closer)
 	progs := make(map[string]*ebpf.Program)
 	points := make(map[string][]string)
@@ -551,6 +572,7 @@ func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]strin
 			keep[p.prog] = true
 		}
 		extra, err := newCollectionWith(spec, keep, ebpf.CollectionOptions{MapReplacements: s.coll.Maps, Cache: cache})
+		loaded = true
 		for _, p := range retry {
 			if err != nil {
 				failed = append(failed, Missing{Symbol: probeName(p.symbol, p.ret), Why: fellBack[p.prog] + "; kprobe: " + firstLine(err)})
@@ -583,7 +605,7 @@ func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]strin
 		attached = append(attached, points[p.prog]...)
 	}
 	sort.Strings(attached)
-	return attached, failed, fellBack
+	return attached, failed, fellBack, loaded
 }
 
 func attachOne(prog *ebpf.Program, syms []string, ret bool, backend string) (io.Closer, error) {

@@ -39,6 +39,9 @@ unload livepatch_sample
 // attachLine is klptop's start-up note: "N probes attached (BACKEND) in D".
 var attachLine = regexp.MustCompile(`(\d+) probes attached \((\S+)\) in (\S+)`)
 
+// startupLine is the start-up note that gives the time of each step.
+var startupLine = regexp.MustCompile(`start-up: [^\n]* loads? of the BPF programs\)`)
+
 // attachNote reads the attach note from a recording's klptop output.
 func attachNote(t *testing.T, rec *recording) (n, backend, took string) {
 	t.Helper()
@@ -49,6 +52,11 @@ func attachNote(t *testing.T, rec *recording) (n, backend, took string) {
 	m := attachLine.FindStringSubmatch(string(b))
 	if m == nil {
 		t.Fatalf("no attach note in klptop's output:\n%s", b)
+	}
+	if s := startupLine.Find(b); s != nil {
+		t.Logf("%s", s)
+	} else {
+		t.Errorf("no start-up note in klptop's output:\n%s", b)
 	}
 	return m[1], m[2], m[3]
 }
