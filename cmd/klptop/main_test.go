@@ -119,12 +119,12 @@ func TestStartupNote(t *testing.T) {
 		{Name: "kernel BTF", Took: 412400 * time.Microsecond},
 		{Name: "load", Took: 1500 * time.Millisecond},
 	}}
-	want := "start-up: kernel BTF 412ms, load 1.5s (3 loads of the BPF programs)"
+	want := "start-up: kernel BTF 412ms, load 1.5s (3 program loads)"
 	if got := startup(info); got != want {
 		t.Errorf("startup: %q, want %q", got, want)
 	}
 	info.Loads = 1
-	if got := startup(info); !strings.HasSuffix(got, "(1 load of the BPF programs)") {
+	if got := startup(info); !strings.HasSuffix(got, "(1 program load)") {
 		t.Errorf("one load: %q", got)
 	}
 	var found bool

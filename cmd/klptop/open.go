@@ -85,11 +85,11 @@ func startup(info probes.Info) string {
 	for _, x := range info.Phases {
 		p = append(p, fmt.Sprintf("%s %s", x.Name, x.Took.Round(time.Millisecond)))
 	}
-	loads := "1 load"
+	loads := "1 program load"
 	if info.Loads != 1 {
-		loads = fmt.Sprintf("%d loads", info.Loads)
+		loads = fmt.Sprintf("%d program loads", info.Loads)
 	}
-	return "start-up: " + strings.Join(p, ", ") + " (" + loads + " of the BPF programs)"
+	return "start-up: " + strings.Join(p, ", ") + " (" + loads + ")"
 }
 
 func header(info probes.Info, command []string) trace.Header {

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf/asm"
 )
 
 func TestPickBackend(t *testing.T) {
@@ -155,5 +157,50 @@ func TestLoadCollectionFallsBackToKprobe(t *testing.T) {
 	t.Logf("why: %s", rejected[0].why)
 	if coll.Programs[start.prog] == nil || coll.Programs[twin(start)] != nil {
 		t.Errorf("loaded %v, want the kprobe program instead of the twin", slices.Collect(maps.Keys(coll.Programs)))
+	}
+}
+
+// A sweep probe the verifier refuses (here: its return program made to
+// return an unset register) takes its partner with it and makes the maps
+// again with sweep_probed false, under the programs loaded after it too.
+func TestLoadCollectionSweepRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		t.Skip("no kernel BTF")
+	}
+	spec, err := loadKlptop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := spec.Variables["sweep_probed"].Set(true); err != nil {
+		t.Fatal(err)
+	}
+	spec.Programs["klp_try_complete_transition_ret"].Instructions = asm.Instructions{asm.Return()}
+	keep := map[string]bool{iterProg: true, "klp_try_complete_transition": true, "klp_try_complete_transition_ret": true, "klp_start_transition": true}
+	coll, _, _, rejected, loads, err := loadCollection(spec, keep, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coll.Close()
+	got := slices.Sorted(maps.Keys(coll.Programs))
+	if want := []string{"klp_start_transition", iterProg}; !slices.Equal(got, want) {
+		t.Errorf("loaded %v, want %v", got, want)
+	}
+	if len(rejected) != 2 || rejected[0].symbol != sweepSymbol || rejected[1].symbol != sweepSymbol {
+		t.Errorf("rejected %+v, want both sweep probes", rejected)
+	}
+	var probed bool
+	if err := coll.Variables["sweep_probed"].Get(&probed); err != nil || probed {
+		t.Errorf("sweep_probed %v (%v) after the sweep probe was refused", probed, err)
+	}
+	// The iterator and the sweep's entry went first; the iterator is
+	// loaded again over the new maps.
+	if loads != 5 {
+		t.Errorf("%d program loads, want 5 (iterator, sweep entry, sweep return, iterator again, start)", loads)
+	}
+	for _, r := range rejected {
+		t.Logf("%s: %s", r.prog, r.why)
 	}
 }

@@ -28,7 +28,7 @@ func TestFuncsIteratorWithoutLivepatchBTF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	coll, err := newCollection(spec, map[string]bool{funcsProg: true}, nil)
+	coll, _, _, _, _, err := loadCollection(spec, map[string]bool{funcsProg: true}, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,10 @@ func TestLoadCollectionDropsRejected(t *testing.T) {
 	for _, p := range probes {
 		keep[p.prog] = true
 	}
-	coll, _, _, rejected, _, err := loadCollection(spec, keep, "", nil)
+	if err := spec.Variables["sweep_probed"].Set(true); err != nil {
+		t.Fatal(err)
+	}
+	coll, _, _, rejected, loads, err := loadCollection(spec, keep, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +152,14 @@ func TestLoadCollectionDropsRejected(t *testing.T) {
 		t.Fatal("task iterator not loaded")
 	}
 	names := map[string]string{}
+	refused, partners, sweep := 0, 0, false
 	for _, r := range rejected {
+		if strings.HasPrefix(r.why, "its partner") {
+			partners++
+		} else {
+			refused++
+		}
+		sweep = sweep || r.symbol == sweepSymbol
 		names[r.prog] = r.why
 		if coll.Programs[r.prog] != nil || keep[r.prog] {
 			t.Errorf("%s rejected but loaded or kept", r.prog)
@@ -164,7 +174,17 @@ func TestLoadCollectionDropsRejected(t *testing.T) {
 			t.Errorf("%s kept but not loaded", name)
 		}
 	}
-	t.Logf("%d of %d probe programs rejected here", len(rejected), len(probes))
+	// Each program is loaded once: what loaded, what was refused, and at
+	// most the partners loaded before their refused pair.
+	if low, high := len(coll.Programs)+refused, len(coll.Programs)+refused+partners; loads < low || loads > high {
+		t.Errorf("%d program loads, want %d to %d (%d loaded, %d refused)", loads, low, high, len(coll.Programs), refused)
+	}
+	// A refused sweep probe makes the maps again without sweep_probed.
+	var probed bool
+	if err := coll.Variables["sweep_probed"].Get(&probed); err != nil || probed == sweep {
+		t.Errorf("sweep_probed %v (%v), sweep probe refused %v", probed, err, sweep)
+	}
+	t.Logf("%d of %d probe programs rejected here in %d loads; sweep probe refused: %v", len(rejected), len(probes), loads, sweep)
 }
 
 // Hand-made stacks: a read of the stacks after a change that finds

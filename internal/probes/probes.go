@@ -4,12 +4,14 @@
 package probes
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
-	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -73,7 +75,8 @@ type Info struct {
 	AttachTime time.Duration // load and attach
 	LoadTime   time.Duration // of which loading (the verifier, CO-RE against the kernel's BTF)
 	// Phases are Open's steps in order, with their times; Loads is how
-	// many times it asked the kernel to load programs.
+	// many programs it asked the kernel to load (each once, but for a
+	// refused fentry twin's kprobe program).
 	Phases []Phase
 	Loads  int
 	Kernel string // uname -r
@@ -93,10 +96,7 @@ type Info struct {
 
 // Session is the loaded and attached probes.
 type Session struct {
-	coll *ebpf.Collection
-	// extra holds the kprobe programs loaded after an fentry twin's attach
-	// failed; it shares coll's maps.
-	extra *ebpf.Collection
+	coll  *ebpf.Collection
 	links []io.Closer
 	rd    *ringbuf.Reader
 	syms  *ksym.Table
@@ -277,10 +277,8 @@ func Open(opts Options) (*Session, error) {
 	s.countMissed, s.countRecursion = lossCounters(cache)
 	s.info.LossCounted = s.lossCounted()
 
-	attached, failed, linkFallback, extraLoad := s.attachAll(spec, attach, kmode, cache)
-	if extraLoad {
-		s.info.Loads++
-	}
+	attached, failed, linkFallback, loads := s.attachAll(spec, attach, kmode, cache)
+	s.info.Loads += loads
 	w.lap("attach")
 	if cbWhy == "" {
 		if err := readKprobePMU(); err != nil {
@@ -348,37 +346,51 @@ type rejectedProbe struct {
 	fellBack bool
 }
 
-// rejectedProg finds the program cilium/ebpf names in a load error.
-var rejectedProg = regexp.MustCompile(`^program (\S+): `)
-
-// loadCollection loads the programs in keep. One program the kernel
-// refuses would fail the whole collection, so each refused one is dropped,
-// and only it: the funcs or states iterator (named in funcsWhy and
-// statesWhy), or a kprobe program and its partner (returned, for the list
-// of what is not observable). A refused fentry twin (a target the kernel
-// will not trampoline, a verifier difference of typed arguments) is
-// replaced by its kprobe program. The task iterator is needed: its refusal
-// is the error.
+// loadCollection loads the maps, then each program in keep on its own over
+// them: the kernel verifies every program once, and a refusal costs only
+// that program. A refused funcs or states iterator is named in funcsWhy and
+// statesWhy; a refused kprobe program is dropped with its partner
+// (returned, for the list of what is not observable). A refused fentry twin
+// (a target the kernel will not trampoline, a verifier difference of typed
+// arguments) is replaced by its kprobe program. The task iterator is
+// needed: its refusal is the error. loads counts the programs the kernel
+// was asked to load.
 func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy string, cache *btf.Cache) (coll *ebpf.Collection, _, statesWhy string, rejected []rejectedProbe, loads int, err error) {
 	statesWhy = funcsWhy
 	if !keep[statesProg] && statesWhy == "" {
 		statesWhy = "states iterator not loaded"
 	}
-	for range 2*len(probes) + 2 {
+	if coll, err = newMaps(spec, cache); err != nil {
+		return nil, "", "", nil, 0, err
+	}
+	queue := loadOrder(keep)
+	// drop closes what was loaded of the programs no longer kept.
+	drop := func() {
+		for name, prog := range coll.Programs {
+			if !keep[name] {
+				prog.Close()
+				delete(coll.Programs, name)
+			}
+		}
+	}
+	for len(queue) > 0 {
+		name := queue[0]
+		queue = queue[1:]
+		if !keep[name] || coll.Programs[name] != nil {
+			continue
+		}
 		loads++
-		coll, err = newCollection(spec, keep, cache)
-		if err == nil {
-			return coll, funcsWhy, statesWhy, rejected, loads, nil
+		prog, lerr := loadProgram(spec, name, coll.Maps, cache)
+		if lerr == nil {
+			coll.Programs[name] = prog
+			continue
 		}
-		m := rejectedProg.FindStringSubmatch(err.Error())
-		if m == nil || !keep[m[1]] {
-			return nil, "", "", nil, loads, err
-		}
-		first, _, _ := strings.Cut(err.Error(), "\n")
-		msg := strings.TrimPrefix(first, m[0])
-		switch m[1] {
+		first, _, _ := strings.Cut(lerr.Error(), "\n")
+		msg := strings.TrimPrefix(first, "program "+name+": ")
+		switch name {
 		case iterProg:
-			return nil, "", "", nil, loads, err
+			coll.Close()
+			return nil, "", "", nil, loads, lerr
 		case funcsProg:
 			keep[funcsProg] = false
 			funcsWhy = "funcs iterator rejected: " + msg
@@ -390,34 +402,97 @@ func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy st
 		case callbackProg, callbackRetProg, callbacksIterPrg:
 			// The callbacks go unobserved, and only they.
 			keep[callbackProg], keep[callbackRetProg], keep[callbacksIterPrg] = false, false, false
-			rejected = append(rejected, rejectedProbe{why: m[1] + " rejected by the verifier: " + msg})
+			rejected = append(rejected, rejectedProbe{why: name + " rejected by the verifier: " + msg})
 		default:
-			if p, ok := twinOf(m[1]); ok {
-				keep[m[1]] = false
+			if p, ok := twinOf(name); ok {
+				keep[name] = false
 				keep[p.prog] = true
+				queue = append([]string{p.prog}, queue...)
 				rejected = append(rejected, rejectedProbe{p, fmt.Sprintf(whyFentryLoad, msg), true})
 				continue
 			}
+			sweep := false
 			for _, p := range probes {
-				if (p.prog == m[1] || p.pair == m[1]) && (keep[p.prog] || keep[twin(p)]) {
+				if (p.prog == name || p.pair == name) && (keep[p.prog] || keep[twin(p)]) {
 					keep[p.prog] = false
 					keep[twin(p)] = false
 					why := "rejected by the verifier: " + msg
-					if p.prog != m[1] {
+					if p.prog != name {
 						why = "its partner was " + why
 					}
 					rejected = append(rejected, rejectedProbe{p, why, false})
-					if p.symbol == "klp_try_complete_transition" {
-						// The programs must not wait for sweeps that never come.
-						if v := spec.Variables["sweep_probed"]; v != nil {
-							_ = v.Set(false)
-						}
-					}
+					sweep = sweep || p.symbol == sweepSymbol
 				}
 			}
+			if sweep {
+				// The programs must not wait for sweeps that never come.
+				// sweep_probed is a constant of the maps: they are made
+				// again, and what was loaded over them (only the sweep's
+				// programs, which go first) with them.
+				drop()
+				again := slices.Sorted(maps.Keys(coll.Programs))
+				coll.Close()
+				if v := spec.Variables["sweep_probed"]; v != nil {
+					_ = v.Set(false)
+				}
+				if coll, err = newMaps(spec, cache); err != nil {
+					return nil, "", "", nil, loads, err
+				}
+				queue = append(again, queue...)
+			}
+		}
+		drop()
+	}
+	return coll, funcsWhy, statesWhy, rejected, loads, nil
+}
+
+// sweepSymbol is the function of the sweep, whose probes tell the others
+// (sweep_probed) whether a sweep will be seen.
+const sweepSymbol = "klp_try_complete_transition"
+
+// loadOrder is the order the programs in keep are loaded in: the task
+// iterator, whose refusal ends the load, then the sweep's programs, whose
+// refusal changes a constant of the others, then the rest by name.
+func loadOrder(keep map[string]bool) []string {
+	rank := func(name string) int {
+		if name == iterProg {
+			return 0
+		}
+		for _, p := range probes {
+			if p.symbol == sweepSymbol && (name == p.prog || name == twin(p)) {
+				return 1
+			}
+		}
+		return 2
+	}
+	var order []string
+	for name, ok := range keep {
+		if ok {
+			order = append(order, name)
 		}
 	}
-	return nil, "", "", nil, loads, err
+	slices.SortFunc(order, func(a, b string) int {
+		return cmp.Or(cmp.Compare(rank(a), rank(b)), strings.Compare(a, b))
+	})
+	return order
+}
+
+// loadProgram loads one program of spec over the maps of a loaded
+// collection.
+func loadProgram(spec *ebpf.CollectionSpec, name string, over map[string]*ebpf.Map, cache *btf.Cache) (*ebpf.Program, error) {
+	ps := spec.Programs[name]
+	if ps == nil {
+		return nil, fmt.Errorf("program %s: not in the BPF object", name)
+	}
+	one := &ebpf.CollectionSpec{Maps: spec.Maps, Programs: map[string]*ebpf.ProgramSpec{name: ps}, Types: spec.Types, ByteOrder: spec.ByteOrder}
+	c, err := newCollection(one, ebpf.CollectionOptions{MapReplacements: over, Cache: cache})
+	if err != nil {
+		return nil, err
+	}
+	prog := c.Programs[name]
+	delete(c.Programs, name)
+	c.Close()
+	return prog, nil
 }
 
 // OpenIterators loads only the iterators, attaching no probe: enough for
@@ -488,20 +563,13 @@ func seedTransition(spec *ebpf.CollectionSpec, root string) (bool, error) {
 	return false, nil
 }
 
-// newCollection loads only the programs in keep: a single program the
-// kernel rejects (a CO-RE relocation against a type it lacks, say) would
-// fail the whole collection.
-func newCollection(spec *ebpf.CollectionSpec, keep map[string]bool, cache *btf.Cache) (*ebpf.Collection, error) {
-	return newCollectionWith(spec, keep, ebpf.CollectionOptions{Cache: cache})
+// newMaps loads the maps of spec and its variables, no program.
+func newMaps(spec *ebpf.CollectionSpec, cache *btf.Cache) (*ebpf.Collection, error) {
+	return newCollection(&ebpf.CollectionSpec{Maps: spec.Maps, Variables: spec.Variables, Types: spec.Types, ByteOrder: spec.ByteOrder},
+		ebpf.CollectionOptions{Cache: cache})
 }
 
-func newCollectionWith(spec *ebpf.CollectionSpec, keep map[string]bool, opts ebpf.CollectionOptions) (*ebpf.Collection, error) {
-	spec = spec.Copy()
-	for name := range spec.Programs {
-		if !keep[name] {
-			delete(spec.Programs, name)
-		}
-	}
+func newCollection(spec *ebpf.CollectionSpec, opts ebpf.CollectionOptions) (*ebpf.Collection, error) {
 	coll, err := ebpf.NewCollectionWithOptions(spec, opts)
 	if err != nil {
 		var ve *ebpf.VerifierError
@@ -517,9 +585,9 @@ func newCollectionWith(spec *ebpf.CollectionSpec, keep map[string]bool, opts ebp
 // attachAll attaches the planned programs, and detaches a probe whose
 // partner failed to attach. An fentry twin the kernel loaded but will not
 // link (no trampoline for that function) is replaced by its kprobe program,
-// loaded on the spot into a second collection over the same maps; those
+// loaded on the spot over the same maps; those
 // are returned in fellBack (program -> why).
-func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]string, kmode string, cache *btf.Cache) (attached []string, failed []Missing, fellBack map[string]string, loaded bool) {
+func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]string, kmode string, cache *btf.Cache) (attached []string, failed []Missing, fellBack map[string]string, loads int) {
 	links := make(map[string]io.Closer)
 	progs := make(map[string]*ebpf.Program)
 	points := make(map[string][]string)
@@ -566,24 +634,18 @@ func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]strin
 			place(p, prog)
 		}
 	}
-	if len(retry) > 0 {
-		keep := make(map[string]bool)
-		for _, p := range retry {
-			keep[p.prog] = true
+	for _, p := range retry {
+		loads++
+		prog, err := loadProgram(spec, p.prog, s.coll.Maps, cache)
+		if err != nil {
+			failed = append(failed, Missing{Symbol: probeName(p.symbol, p.ret), Why: fellBack[p.prog] + "; kprobe: " + firstLine(err)})
+			delete(fellBack, p.prog)
+			continue
 		}
-		extra, err := newCollectionWith(spec, keep, ebpf.CollectionOptions{MapReplacements: s.coll.Maps, Cache: cache})
-		loaded = true
-		for _, p := range retry {
-			if err != nil {
-				failed = append(failed, Missing{Symbol: probeName(p.symbol, p.ret), Why: fellBack[p.prog] + "; kprobe: " + firstLine(err)})
-				delete(fellBack, p.prog)
-				continue
-			}
-			if !place(p, extra.Programs[p.prog]) {
-				delete(fellBack, p.prog)
-			}
+		s.coll.Programs[p.prog] = prog
+		if !place(p, prog) {
+			delete(fellBack, p.prog)
 		}
-		s.extra = extra
 	}
 	for _, p := range probes {
 		l, ok := links[p.prog]
@@ -605,7 +667,7 @@ func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]strin
 		attached = append(attached, points[p.prog]...)
 	}
 	sort.Strings(attached)
-	return attached, failed, fellBack, loaded
+	return attached, failed, fellBack, loads
 }
 
 func attachOne(prog *ebpf.Program, syms []string, ret bool, backend string) (io.Closer, error) {
@@ -677,9 +739,6 @@ func (s *Session) Close() error {
 		errs = append(errs, s.closeCallbacks())
 		if s.coll != nil {
 			s.coll.Close()
-		}
-		if s.extra != nil {
-			s.extra.Close()
 		}
 		s.closeErr = errors.Join(errs...)
 	})

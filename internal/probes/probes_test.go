@@ -310,7 +310,7 @@ func TestTaskIterator(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	coll, err := newCollection(spec, map[string]bool{iterProg: true}, nil)
+	coll, _, _, _, _, err := loadCollection(spec, map[string]bool{iterProg: true}, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

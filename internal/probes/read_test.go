@@ -28,7 +28,7 @@ func readSession(t *testing.T) *Session {
 	if err != nil {
 		t.Fatal(err)
 	}
-	coll, err := newCollection(spec, map[string]bool{iterProg: true}, nil)
+	coll, _, _, _, _, err := loadCollection(spec, map[string]bool{iterProg: true}, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

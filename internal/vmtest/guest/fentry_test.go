@@ -40,7 +40,7 @@ unload livepatch_sample
 var attachLine = regexp.MustCompile(`(\d+) probes attached \((\S+)\) in (\S+)`)
 
 // startupLine is the start-up note that gives the time of each step.
-var startupLine = regexp.MustCompile(`start-up: [^\n]* loads? of the BPF programs\)`)
+var startupLine = regexp.MustCompile(`start-up: [^\n]* program loads?\)`)
 
 // attachNote reads the attach note from a recording's klptop output.
 func attachNote(t *testing.T, rec *recording) (n, backend, took string) {
