@@ -3,7 +3,6 @@ package probes
 import (
 	"errors"
 	"maps"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -127,16 +126,7 @@ func TestFallbackList(t *testing.T) {
 // An fentry twin the kernel will not load (here: a target it does not
 // have) is swapped for its kprobe program, not lost.
 func TestLoadCollectionFallsBackToKprobe(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		t.Skip("no kernel BTF")
-	}
-	spec, err := loadKlptop()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := bpfSpec(t)
 	var start probe
 	for _, p := range probes {
 		if p.prog == "klp_start_transition" {
@@ -164,16 +154,7 @@ func TestLoadCollectionFallsBackToKprobe(t *testing.T) {
 // return an unset register) takes its partner with it and makes the maps
 // again with sweep_probed false, under the programs loaded after it too.
 func TestLoadCollectionSweepRefused(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		t.Skip("no kernel BTF")
-	}
-	spec, err := loadKlptop()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := bpfSpec(t)
 	if err := spec.Variables["sweep_probed"].Set(true); err != nil {
 		t.Fatal(err)
 	}

@@ -15,19 +15,10 @@ import (
 // The funcs iterator must load where the kernel has no livepatch types (its
 // CO-RE reads sit behind bpf_core_type_exists) and say why it read nothing.
 func TestFuncsIteratorWithoutLivepatchBTF(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		t.Skip("no kernel BTF")
-	}
 	if _, err := os.Stat("/sys/kernel/livepatch"); err == nil {
 		t.Skip("this kernel has livepatch")
 	}
-	spec, err := loadKlptop()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := bpfSpec(t)
 	coll, _, _, _, _, err := loadCollection(spec, map[string]bool{funcsProg: true}, "", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -123,19 +114,10 @@ func TestDecodeFuncRec(t *testing.T) {
 // loadCollection drops each one and its partner, names why, and loads the
 // rest, the task iterator among them.
 func TestLoadCollectionDropsRejected(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		t.Skip("no kernel BTF")
-	}
 	if _, err := os.Stat("/sys/kernel/livepatch"); err == nil {
 		t.Skip("this kernel has livepatch")
 	}
-	spec, err := loadKlptop()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := bpfSpec(t)
 	keep := map[string]bool{iterProg: true}
 	for _, p := range probes {
 		keep[p.prog] = true

@@ -300,16 +300,7 @@ func TestOpenWithoutLivepatch(t *testing.T) {
 // The task iterator runs on any BPF-capable kernel: loaded alone (all kprobe
 // programs pruned), it must find this test's own thread group.
 func TestTaskIterator(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		t.Skip("no kernel BTF")
-	}
-	spec, err := loadKlptop()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := bpfSpec(t)
 	coll, _, _, _, _, err := loadCollection(spec, map[string]bool{iterProg: true}, "", nil)
 	if err != nil {
 		t.Fatal(err)

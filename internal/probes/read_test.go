@@ -14,9 +14,9 @@ import (
 	"github.com/klptop/klptop/internal/ksym"
 )
 
-// readSession is a Session without probes: the maps of the real object, so
-// Read's ring buffer and lost-event accounting run on any BPF kernel.
-func readSession(t *testing.T) *Session {
+// bpfSpec is klptop's BPF object, for a test that loads it into this
+// machine's kernel: without root or kernel BTF the test is skipped.
+func bpfSpec(t *testing.T) *ebpf.CollectionSpec {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
@@ -28,6 +28,14 @@ func readSession(t *testing.T) *Session {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return spec
+}
+
+// readSession is a Session without probes: the maps of the real object, so
+// Read's ring buffer and lost-event accounting run on any BPF kernel.
+func readSession(t *testing.T) *Session {
+	t.Helper()
+	spec := bpfSpec(t)
 	coll, _, _, _, _, err := loadCollection(spec, map[string]bool{iterProg: true}, "", nil)
 	if err != nil {
 		t.Fatal(err)
