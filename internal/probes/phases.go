@@ -16,9 +16,12 @@ type stopwatch struct {
 
 func newStopwatch() *stopwatch { return &stopwatch{last: time.Now()} }
 
-// lap ends the step name, begun where the last one ended.
-func (w *stopwatch) lap(name string) {
+// lap ends the step name, begun where the last one ended, and returns its
+// time.
+func (w *stopwatch) lap(name string) time.Duration {
 	now := time.Now()
-	w.phases = append(w.phases, Phase{Name: name, Took: now.Sub(w.last)})
+	took := now.Sub(w.last)
+	w.phases = append(w.phases, Phase{Name: name, Took: took})
 	w.last = now
+	return took
 }

@@ -72,8 +72,8 @@ type Info struct {
 	// Fallback: with Backend fentry, the probes attached as kprobes
 	// instead (Symbol as in Attached), and why.
 	Fallback   []Missing
-	AttachTime time.Duration // load and attach
-	LoadTime   time.Duration // of which loading (the verifier, CO-RE against the kernel's BTF)
+	AttachTime time.Duration // from Open's start to all probes attached
+	LoadTime   time.Duration // of which loading the programs (the verifier, CO-RE against the kernel's BTF)
 	// Phases are Open's steps in order, with their times; Loads is how
 	// many programs it asked the kernel to load (each once, but for a
 	// refused fentry twin's kprobe program).
@@ -253,7 +253,7 @@ func Open(opts Options) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
-	w.lap("load")
+	loadTook := w.lap("load")
 	cbWhy := callbacksWhy(keep)
 	for _, r := range rejected {
 		if r.fellBack {
@@ -273,7 +273,7 @@ func Open(opts Options) (*Session, error) {
 	// or more right after its enable: no piece of it while a transition
 	// starts or a sweep runs.
 	syms.Yield = s.sleepThroughHold
-	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy, LoadTime: time.Since(start), Tasks: tasks, RingBytes: ring, Loads: loads}
+	s.info = Info{Backend: backend, Kernel: kernelRelease(), FuncsWhy: funcsWhy, StatesWhy: statesWhy, LoadTime: loadTook, Tasks: tasks, RingBytes: ring, Loads: loads}
 	s.countMissed, s.countRecursion = lossCounters(cache)
 	s.info.LossCounted = s.lossCounted()
 
@@ -427,8 +427,9 @@ func loadCollection(spec *ebpf.CollectionSpec, keep map[string]bool, funcsWhy st
 			if sweep {
 				// The programs must not wait for sweeps that never come.
 				// sweep_probed is a constant of the maps: they are made
-				// again, and what was loaded over them (only the sweep's
-				// programs, which go first) with them.
+				// again, and what was loaded over them (only the task
+				// iterator and the sweep's programs, which go first) with
+				// them.
 				drop()
 				again := slices.Sorted(maps.Keys(coll.Programs))
 				coll.Close()
@@ -585,8 +586,8 @@ func newCollection(spec *ebpf.CollectionSpec, opts ebpf.CollectionOptions) (*ebp
 // attachAll attaches the planned programs, and detaches a probe whose
 // partner failed to attach. An fentry twin the kernel loaded but will not
 // link (no trampoline for that function) is replaced by its kprobe program,
-// loaded on the spot over the same maps; those
-// are returned in fellBack (program -> why).
+// loaded on the spot over the same maps; those are returned in fellBack
+// (program -> why).
 func (s *Session) attachAll(spec *ebpf.CollectionSpec, attach map[string][]string, kmode string, cache *btf.Cache) (attached []string, failed []Missing, fellBack map[string]string, loads int) {
 	links := make(map[string]io.Closer)
 	progs := make(map[string]*ebpf.Program)
